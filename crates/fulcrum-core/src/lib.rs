@@ -1,0 +1,9 @@
+//! Sans-io logic of the Fulcrum load balancer.
+//!
+//! Nothing here opens a socket, reads the clock or draws from a global random
+//! number generator: time and seeds come in as arguments, decisions go out as
+//! return values. The daemon (`crates/fulcrum`) is the I/O shell around it.
+
+pub mod config;
+pub mod model;
+pub mod select;

@@ -1,0 +1,11 @@
+//! Placeholder: being written.
+use super::Selector;
+use crate::model::{Backend, BackendId};
+
+pub struct WeightedRoundRobin { n: usize }
+impl WeightedRoundRobin { pub fn new(backends: &[Backend]) -> Self { Self { n: backends.len() } } }
+impl Selector for WeightedRoundRobin {
+    fn pick(&self, _key: u64, eligible: &dyn Fn(BackendId) -> bool) -> Option<BackendId> {
+        (0..self.n).map(BackendId).find(|&b| eligible(b))
+    }
+}
