@@ -5,5 +5,6 @@
 //! return values. The daemon (`crates/fulcrum`) is the I/O shell around it.
 
 pub mod config;
+pub mod http;
 pub mod model;
 pub mod select;

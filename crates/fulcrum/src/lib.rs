@@ -2,4 +2,9 @@
 
 pub mod backend;
 pub mod demo;
+pub mod l4;
+pub mod l7;
 pub mod run;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;

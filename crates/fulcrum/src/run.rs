@@ -1,2 +1,99 @@
-//! being written
-pub fn main(_c: &std::path::Path, _w: Option<usize>) -> std::process::ExitCode { std::process::ExitCode::FAILURE }
+//! `fulcrum run`: load the configuration, bind, serve until a signal, then
+//! drain in-flight sessions within the grace period.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use fulcrum_core::model::Model;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs the load balancer from the configuration file at `path`.
+pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
+    init_logging();
+    let Some(model) = load(path) else { return ExitCode::FAILURE };
+    let Some(runtime) = runtime(workers) else { return ExitCode::FAILURE };
+    let code = runtime.block_on(serve(model, crate::shutdown::signal()));
+    // Sessions still running after the grace period are cut here.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
+}
+
+/// Reads and validates a configuration file, printing every error.
+pub fn load(path: &Path) -> Option<Model> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return None;
+        }
+    };
+    match fulcrum_core::config::load(&text) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(loaded.model)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} error(s), not started", path.display(), errors.len());
+            None
+        }
+    }
+}
+
+/// A multi-threaded runtime with `workers` threads (default: one per core).
+pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Binds every listener of `model`, prints one `listening` line per listener
+/// on stdout, serves until `stop` resolves, then lets in-flight sessions
+/// finish for up to the grace period.
+pub async fn serve(model: Model, stop: impl Future<Output = ()>) -> ExitCode {
+    let bound = match crate::server::bind(&model) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (service, listener) in &bound.listeners {
+        if let Ok(address) = listener.local_addr() {
+            println!("listening service={} address={address}", service.name);
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let accepting = tokio::spawn(bound.serve(shutdown.clone(), sessions.clone()));
+    stop.await;
+    let grace = model.runtime.shutdown_grace;
+    tracing::info!(sessions = sessions.len(), ?grace, "shutting down: no longer accepting, finishing sessions");
+    shutdown.cancel();
+    let _ = accepting.await;
+    sessions.close();
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!(sessions = sessions.len(), "grace period over, cutting the remaining sessions");
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

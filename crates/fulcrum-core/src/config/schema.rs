@@ -1,0 +1,379 @@
+//! The schema: which keys each table has, their types, ranges and defaults.
+//!
+//! One entity is read at a time here; what takes two entities (names that
+//! must be unique, pools that services name, addresses that must not
+//! collide) is checked in `validate`. A reader records every problem in the
+//! `Report` and carries on with the default in place of a bad value: the
+//! model is built only from a file with no error, so those stand-ins are
+//! never seen, and every later key still gets checked.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use toml_edit::{Item, TableLike};
+
+use super::read::{Located, Report, Section};
+use crate::model::{Admin, Algorithm, Limits, Mode, OnLimit, Runtime, Timeouts};
+
+pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool"];
+const ADMIN_KEYS: &[&str] = &["listen"];
+const RUNTIME_KEYS: &[&str] = &["shutdown_grace"];
+const SERVICE_KEYS: &[&str] = &[
+    "name", "listen", "mode", "pool", "retries", "timeouts", "limits",
+];
+const TIMEOUT_KEYS: &[&str] = &[
+    "connect",
+    "client_idle",
+    "backend_idle",
+    "request_headers",
+    "backend_response",
+];
+const LIMIT_KEYS: &[&str] = &["max_connections", "on_limit", "queue_timeout"];
+const POOL_KEYS: &[&str] = &["name", "algorithm", "max_idle_per_backend", "backend"];
+const BACKEND_KEYS: &[&str] = &["name", "address", "weight"];
+
+/// The words of `Mode`, `Algorithm` and `OnLimit` as their serde derives spell them.
+pub(super) const MODES: &[&str] = &["http", "tcp"];
+pub(super) const ALGORITHMS: &[&str] = &["round_robin", "weighted_round_robin"];
+pub(super) const ON_LIMITS: &[&str] = &["queue", "refuse"];
+
+/// Past ten, retries only multiply how long a client waits on a dead pool.
+const MAX_RETRIES: i64 = 10;
+/// Small weights keep a weighted round robin cycle short.
+const MAX_WEIGHT: i64 = 256;
+
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const RETRIES: u32 = 2;
+const MAX_IDLE_PER_BACKEND: usize = 64;
+const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(3),
+    client_idle: Duration::from_secs(60),
+    backend_idle: Duration::from_secs(60),
+    request_headers: Duration::from_secs(10),
+    backend_response: Duration::from_secs(30),
+};
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[admin]`; `None` when absent or wrong.
+pub(super) fn admin(r: &mut Report, root: &Section) -> Option<Located<Admin>> {
+    let s = r.named_section(root, "admin", ADMIN_KEYS)?;
+    r.require(&s, &["listen"]);
+    let listen = r.string(&s, "listen")?;
+    let address = socket_addr(r, &s, "listen", listen, true)?;
+    Some(Located {
+        value: Admin { listen: address },
+        line: listen.line,
+    })
+}
+
+/// `[runtime]`, with its defaults when absent.
+pub(super) fn runtime(r: &mut Report, root: &Section) -> Runtime {
+    let shutdown_grace = match r.named_section(root, "runtime", RUNTIME_KEYS) {
+        Some(s) => r.duration(&s, "shutdown_grace", SHUTDOWN_GRACE),
+        None => SHUTDOWN_GRACE,
+    };
+    Runtime { shutdown_grace }
+}
+
+/// One `[[service]]` as far as it can be read alone: its pool is still a name.
+pub(super) struct ServiceRead<'d> {
+    /// `service "web"`, or `service 2` when it has no name.
+    pub path: String,
+    pub name: Option<Located<&'d str>>,
+    /// The listen addresses that parsed, for the collision check.
+    pub listen: Vec<Located<SocketAddr>>,
+    pub pool: Option<Located<&'d str>>,
+    pub mode: Option<Mode>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub retries: u32,
+}
+
+/// `[[service]]` number `index` (0-based; messages count from 1).
+pub(super) fn service<'d>(
+    r: &mut Report,
+    table: Located<&'d dyn TableLike>,
+    index: usize,
+) -> ServiceRead<'d> {
+    let path = label("service", table.value, index);
+    let s = r.section(path, "", table.value, table.line, SERVICE_KEYS);
+    r.require(&s, &["name", "listen", "mode", "pool"]);
+    let name = name(r, &s);
+
+    let mut listen = Vec::new();
+    if let Some(list) = r.strings(&s, "listen") {
+        if list.value.is_empty() {
+            let message =
+                r#"listen is empty; give at least one "IP:port", like ["127.0.0.1:8080"]"#;
+            r.error(list.line, &s.path, message);
+        }
+        for entry in list.value {
+            if let Some(address) = socket_addr(r, &s, "listen", entry, true) {
+                listen.push(Located {
+                    value: address,
+                    line: entry.line,
+                });
+            }
+        }
+    }
+    let pool = r.string(&s, "pool");
+    let mode = r.choice(&s, "mode", MODES);
+    let retries = bounded(r, &s, "retries", 0, MAX_RETRIES).unwrap_or(RETRIES);
+
+    let timeouts = match r.subsection(&s, "timeouts", TIMEOUT_KEYS) {
+        Some(t) => Timeouts {
+            connect: r.duration(&t, "connect", DEFAULT_TIMEOUTS.connect),
+            client_idle: r.duration(&t, "client_idle", DEFAULT_TIMEOUTS.client_idle),
+            backend_idle: r.duration(&t, "backend_idle", DEFAULT_TIMEOUTS.backend_idle),
+            request_headers: r.duration(&t, "request_headers", DEFAULT_TIMEOUTS.request_headers),
+            backend_response: r.duration(&t, "backend_response", DEFAULT_TIMEOUTS.backend_response),
+        },
+        None => DEFAULT_TIMEOUTS,
+    };
+    let limits = match r.subsection(&s, "limits", LIMIT_KEYS) {
+        Some(l) => Limits {
+            max_connections: max_connections(r, &l),
+            on_limit: r
+                .choice(&l, "on_limit", ON_LIMITS)
+                .unwrap_or(OnLimit::Queue),
+            queue_timeout: r.duration(&l, "queue_timeout", QUEUE_TIMEOUT),
+        },
+        None => Limits {
+            max_connections: None,
+            on_limit: OnLimit::Queue,
+            queue_timeout: QUEUE_TIMEOUT,
+        },
+    };
+    ServiceRead {
+        path: s.path,
+        name,
+        listen,
+        pool,
+        mode,
+        timeouts,
+        limits,
+        retries,
+    }
+}
+
+fn max_connections(r: &mut Report, l: &Section) -> Option<u32> {
+    let n = r.integer(l, "max_connections")?;
+    if n.value < 1 {
+        let message = format!(
+            "{} {} is below 1; leave it out for no limit",
+            l.key("max_connections"),
+            n.value
+        );
+        r.error(n.line, &l.path, message);
+        return None;
+    }
+    bounded(r, l, "max_connections", 1, i64::from(u32::MAX))
+}
+
+/// One `[[pool]]` with its backends, as far as it can be read alone.
+pub(super) struct PoolRead<'d> {
+    /// `pool "web"`, or `pool 2` when it has no name.
+    pub path: String,
+    pub line: Option<usize>,
+    pub name: Option<Located<&'d str>>,
+    pub algorithm: Algorithm,
+    pub max_idle_per_backend: usize,
+    pub backends: Vec<BackendRead<'d>>,
+}
+
+pub(super) struct BackendRead<'d> {
+    /// `pool "web" backend "web1"`, or `pool "web" backend 2` when it has no name.
+    pub path: String,
+    pub name: Option<Located<&'d str>>,
+    pub address: Option<SocketAddr>,
+    pub weight: u32,
+}
+
+/// `[[pool]]` number `index` (0-based; messages count from 1).
+pub(super) fn pool<'d>(
+    r: &mut Report,
+    table: Located<&'d dyn TableLike>,
+    index: usize,
+) -> PoolRead<'d> {
+    let path = label("pool", table.value, index);
+    let s = r.section(path, "", table.value, table.line, POOL_KEYS);
+    r.require(&s, &["name"]);
+    let name = name(r, &s);
+    let algorithm = r
+        .choice(&s, "algorithm", ALGORITHMS)
+        .unwrap_or(Algorithm::RoundRobin);
+    let max_idle_per_backend = bounded(r, &s, "max_idle_per_backend", 0, i64::from(u32::MAX))
+        .unwrap_or(MAX_IDLE_PER_BACKEND);
+
+    let reported = r.error_count();
+    let tables = r.tables(&s, "backend");
+    if tables.is_empty() && r.error_count() == reported {
+        r.error_on(
+            s.line,
+            &s.path,
+            "has no backends; add at least one [[pool.backend]] table",
+        );
+    }
+    let backends = tables
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| backend(r, &s.path, t, i))
+        .collect();
+    PoolRead {
+        path: s.path,
+        line: s.line,
+        name,
+        algorithm,
+        max_idle_per_backend,
+        backends,
+    }
+}
+
+fn backend<'d>(
+    r: &mut Report,
+    pool: &str,
+    table: Located<&'d dyn TableLike>,
+    index: usize,
+) -> BackendRead<'d> {
+    let path = format!("{pool} {}", label("backend", table.value, index));
+    let s = r.section(path, "", table.value, table.line, BACKEND_KEYS);
+    r.require(&s, &["name", "address"]);
+    let name = name(r, &s);
+    let address = r
+        .string(&s, "address")
+        .and_then(|a| socket_addr(r, &s, "address", a, false));
+    let weight = match r.integer(&s, "weight") {
+        Some(w) if w.value == 0 => {
+            let message = format!(
+                "weight 0 is not allowed (weights run 1..={MAX_WEIGHT}); \
+                 to send a backend no new sessions, use target state drain instead"
+            );
+            r.error(w.line, &s.path, message);
+            None
+        }
+        Some(_) => bounded(r, &s, "weight", 1, MAX_WEIGHT),
+        None => None,
+    };
+    BackendRead {
+        path: s.path,
+        name,
+        address,
+        weight: weight.unwrap_or(1),
+    }
+}
+
+/// `name`, which must not be empty.
+fn name<'d>(r: &mut Report, s: &Section<'d>) -> Option<Located<&'d str>> {
+    let name = r.string(s, "name")?;
+    if name.value.is_empty() {
+        r.error(name.line, &s.path, "name is empty");
+        return None;
+    }
+    Some(name)
+}
+
+/// The words naming a table in messages: by its name when it has a usable
+/// one, else by its 1-based position.
+fn label(kind: &str, table: &dyn TableLike, index: usize) -> String {
+    match table
+        .get("name")
+        .and_then(Item::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        Some(name) => format!("{kind} {name:?}"),
+        None => format!("{kind} {}", index + 1),
+    }
+}
+
+/// An integer key within `lo..=hi`, converted to `T`; `None` when absent or wrong.
+fn bounded<T: TryFrom<i64>>(r: &mut Report, s: &Section, key: &str, lo: i64, hi: i64) -> Option<T> {
+    let n = r.integer(s, key)?;
+    if n.value < lo {
+        r.error(
+            n.line,
+            &s.path,
+            format!("{} {} is below the minimum of {lo}", s.key(key), n.value),
+        );
+        return None;
+    }
+    if n.value > hi {
+        r.error(
+            n.line,
+            &s.path,
+            format!("{} {} is over the maximum of {hi}", s.key(key), n.value),
+        );
+        return None;
+    }
+    T::try_from(n.value).ok()
+}
+
+/// Reads an `IP:port`, reporting what is wrong with it under `key`. Port 0
+/// (the OS picks) suits a listener, never a backend.
+fn socket_addr(
+    r: &mut Report,
+    s: &Section,
+    key: &str,
+    text: Located<&str>,
+    port_0_ok: bool,
+) -> Option<SocketAddr> {
+    match parse_socket_addr(text.value) {
+        Ok(address) if address.port() == 0 && !port_0_ok => {
+            let message = format!(
+                "{key} {:?} has port 0; give the port the backend listens on",
+                text.value
+            );
+            r.error(text.line, &s.path, message);
+            None
+        }
+        Ok(address) => Some(address),
+        Err(problem) => {
+            r.error(
+                text.line,
+                &s.path,
+                format!("{key} {:?} {problem}", text.value),
+            );
+            None
+        }
+    }
+}
+
+/// Parses `IP:port` (IPv4, or `[IPv6]:port`); on failure, says what is wrong
+/// in words that follow the quoted address.
+pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    const LIKE: &str = r#"write IP:port, like "10.0.0.1:80" or "[::1]:80""#;
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        let example = SocketAddr::new(ip, 80).to_string();
+        return Err(format!("has no port; write IP:port, like {example:?}"));
+    }
+    let (host, port) = text.rsplit_once(':').unwrap_or((text, ""));
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let is_hostname = host.contains(|c: char| c.is_ascii_alphabetic())
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if is_hostname {
+        return Err(format!(
+            "names a host; hostnames are not supported yet, {LIKE}"
+        ));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Err(match port {
+            "" => format!("has no port; {LIKE}"),
+            _ if host.contains(':') && !text.starts_with('[') => {
+                format!(r#"needs brackets around its IPv6 address, like "[{host}]:{port}""#)
+            }
+            _ => format!("has a bad port {port:?}; a port is a number from 0 to 65535"),
+        });
+    }
+    Err(format!("is not an IP:port; {LIKE}"))
+}

@@ -1,0 +1,235 @@
+//! Checks that take more than one entity — unique names, pools that exist,
+//! listen addresses that do not collide, pools that are used — and the
+//! assembly of the model once nothing is wrong.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::read::{Located, Report};
+use super::schema::{PoolRead, ServiceRead};
+use crate::model::{Admin, Backend, BackendId, Model, Pool, PoolId, Runtime, Service};
+
+/// Cross-checks what `schema` read and, when the whole file is free of
+/// errors, builds the model from it.
+pub(super) fn model(
+    r: &mut Report,
+    admin: Option<Located<Admin>>,
+    runtime: Runtime,
+    services: Vec<ServiceRead>,
+    pools: Vec<PoolRead>,
+) -> Option<Model> {
+    if services.is_empty() {
+        r.error(None, "", "no service is defined; add a [[service]] table");
+    }
+    unique_names(
+        r,
+        "service",
+        services.iter().map(|s| (s.path.as_str(), s.name)),
+    );
+    unique_names(r, "pool", pools.iter().map(|p| (p.path.as_str(), p.name)));
+    for pool in &pools {
+        unique_names(
+            r,
+            "backend",
+            pool.backends.iter().map(|b| (b.path.as_str(), b.name)),
+        );
+    }
+    let pool_ids = resolve_pools(r, &services, &pools);
+    listen_collisions(r, admin.as_ref(), &services);
+    if r.has_errors() {
+        return None;
+    }
+    Some(Model {
+        admin: admin.map(|a| a.value),
+        runtime,
+        services: services
+            .into_iter()
+            .zip(pool_ids)
+            .map(build_service)
+            .collect::<Option<_>>()?,
+        pools: pools.into_iter().map(build_pool).collect::<Option<_>>()?,
+    })
+}
+
+/// Reports every name already used by an earlier entity of the same kind.
+fn unique_names<'d>(
+    r: &mut Report,
+    kind: &str,
+    names: impl Iterator<Item = (&'d str, Option<Located<&'d str>>)>,
+) {
+    let mut first: HashMap<&str, Option<usize>> = HashMap::new();
+    for (path, name) in names {
+        let Some(name) = name else { continue };
+        match first.get(name.value) {
+            Some(line) => {
+                let message = format!(
+                    "name {:?} is already used by the {kind}{}",
+                    name.value,
+                    at(*line)
+                );
+                r.error(name.line, path, message);
+            }
+            None => {
+                first.insert(name.value, name.line);
+            }
+        }
+    }
+}
+
+/// The pool id of each service (in order), reporting services that name a
+/// missing pool and warning about pools no service names.
+fn resolve_pools(
+    r: &mut Report,
+    services: &[ServiceRead],
+    pools: &[PoolRead],
+) -> Vec<Option<PoolId>> {
+    let mut ids: HashMap<&str, PoolId> = HashMap::new();
+    for (i, pool) in pools.iter().enumerate() {
+        if let Some(name) = pool.name {
+            ids.entry(name.value).or_insert(PoolId(i));
+        }
+    }
+    let mut used = HashSet::new();
+    let resolved = services
+        .iter()
+        .map(|service| {
+            let wanted = service.pool?;
+            let id = ids.get(wanted.value).copied();
+            match id {
+                Some(id) => {
+                    used.insert(id);
+                }
+                None => {
+                    let message = format!(
+                        "pool {:?} is not defined ({})",
+                        wanted.value,
+                        defined(pools)
+                    );
+                    r.error(wanted.line, &service.path, message);
+                }
+            }
+            id
+        })
+        .collect();
+    for (i, pool) in pools.iter().enumerate() {
+        if pool.name.is_some() && !used.contains(&PoolId(i)) {
+            r.warn_on(pool.line, &pool.path, "is not used by any service");
+        }
+    }
+    resolved
+}
+
+/// `pools defined: "web", "api"`, to show what a pool reference could have said.
+fn defined(pools: &[PoolRead]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for name in pools.iter().filter_map(|p| p.name) {
+        let quoted = format!("{:?}", name.value);
+        if !names.contains(&quoted) {
+            names.push(quoted);
+        }
+    }
+    if names.is_empty() {
+        "no [[pool]] is defined".to_owned()
+    } else {
+        format!("pools defined: {}", names.join(", "))
+    }
+}
+
+/// Reports each listen address that could not be bound beside an earlier one
+/// (in file order): the same IP and port, or a wildcard IP (`0.0.0.0`, `[::]`)
+/// and any IP on the same port. Port 0 never collides: the OS picks a free one.
+fn listen_collisions(r: &mut Report, admin: Option<&Located<Admin>>, services: &[ServiceRead]) {
+    // (owner, owner's path, address); owner 0 is the admin API, i + 1 service i.
+    let mut listeners: Vec<(usize, &str, Located<SocketAddr>)> = Vec::new();
+    if let Some(admin) = admin {
+        listeners.push((
+            0,
+            "admin",
+            Located {
+                value: admin.value.listen,
+                line: admin.line,
+            },
+        ));
+    }
+    for (i, service) in services.iter().enumerate() {
+        listeners.extend(
+            service
+                .listen
+                .iter()
+                .map(|l| (i + 1, service.path.as_str(), *l)),
+        );
+    }
+    listeners.sort_by_key(|(_, _, l)| (l.line.is_none(), l.line));
+
+    for (j, (owner, path, this)) in listeners.iter().enumerate() {
+        let earlier = listeners[..j]
+            .iter()
+            .find(|(_, _, other)| collide(this.value, other.value));
+        let Some((other_owner, other_path, other)) = earlier else {
+            continue;
+        };
+        let first = at(other.line);
+        let message = match (other_owner == owner, this.value == other.value) {
+            (true, true) => format!("listen {} is given twice (first{first})", this.value),
+            (true, false) => {
+                format!(
+                    "listen {} collides with listen {}{first}",
+                    this.value, other.value
+                )
+            }
+            (false, true) => {
+                format!(
+                    "listen {} is already used by {other_path}{first}",
+                    this.value
+                )
+            }
+            (false, false) => {
+                format!(
+                    "listen {} collides with listen {} of {other_path}{first}",
+                    this.value, other.value
+                )
+            }
+        };
+        r.error(this.line, path, message);
+    }
+}
+
+fn collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// ` at line 3`, or nothing when the line is unknown.
+fn at(line: Option<usize>) -> String {
+    line.map(|l| format!(" at line {l}")).unwrap_or_default()
+}
+
+fn build_service((s, pool): (ServiceRead, Option<PoolId>)) -> Option<Service> {
+    Some(Service {
+        name: s.name?.value.to_owned(),
+        listen: s.listen.iter().map(|l| l.value).collect(),
+        mode: s.mode?,
+        pool: pool?,
+        timeouts: s.timeouts,
+        limits: s.limits,
+        retries: s.retries,
+    })
+}
+
+fn build_pool(p: PoolRead) -> Option<Pool> {
+    let backends = p.backends.into_iter().enumerate().map(|(i, b)| {
+        Some(Backend {
+            id: BackendId(i),
+            name: b.name?.value.to_owned(),
+            address: b.address?,
+            weight: b.weight,
+        })
+    });
+    Some(Pool {
+        name: p.name?.value.to_owned(),
+        algorithm: p.algorithm,
+        backends: backends.collect::<Option<_>>()?,
+        max_idle_per_backend: p.max_idle_per_backend,
+    })
+}

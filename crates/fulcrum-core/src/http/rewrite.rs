@@ -1,0 +1,284 @@
+//! What a proxy writes to the next hop: heads with hop-by-hop fields removed
+//! (RFC 9110 §7.6.1), framing re-stated once and unambiguously, and the
+//! client's address added (`X-Forwarded-For`, `X-Forwarded-Proto`, RFC 7239
+//! `Forwarded`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use super::{has_token, BodyKind, Header, RequestHead, ResponseHead, Version};
+
+/// Who sent a request, as the backend should learn it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The listener (VIP:port) the client connected to.
+    pub listener: SocketAddr,
+}
+
+/// How a response body goes to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFraming {
+    NoBody,
+    Length(u64),
+    /// Re-encoded chunks (HTTP/1.1 clients).
+    Chunked,
+    /// Delimited by closing the client connection (an HTTP/1.0 client of a
+    /// chunked response, or a backend that delimits by close).
+    Close,
+}
+
+impl ResponseFraming {
+    /// Picks the framing toward a client of `version` for a backend body of `kind`.
+    pub fn decide(kind: BodyKind, version: Version) -> Self {
+        match (kind, version) {
+            (BodyKind::None, _) => Self::NoBody,
+            (BodyKind::Length(n), _) => Self::Length(n),
+            (BodyKind::Chunked, Version::Http11) => Self::Chunked,
+            (BodyKind::Chunked, Version::Http10) | (BodyKind::UntilClose, _) => Self::Close,
+        }
+    }
+}
+
+/// Fields that describe one connection, never forwarded as such.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length", // re-stated by the writer from the framing decision
+];
+
+/// Whether `h` is hop-by-hop, by the fixed list or by being named in `Connection`.
+fn is_hop_by_hop(h: &Header, connection: &[&Header]) -> bool {
+    HOP_BY_HOP.iter().any(|n| h.is(n))
+        || connection.iter().any(|c| has_token(&c.value, &h.name.to_ascii_lowercase()))
+}
+
+/// Writes the request head to send to a backend for `head` (always HTTP/1.1).
+pub fn write_request_head(head: &RequestHead, info: &ClientInfo, out: &mut Vec<u8>) {
+    let connection: Vec<&Header> = head.headers.iter().filter(|h| h.is("connection")).collect();
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let mut xff: Vec<u8> = Vec::new();
+    let mut forwarded: Vec<u8> = Vec::new();
+    for h in &head.headers {
+        if is_hop_by_hop(h, &connection) {
+            continue;
+        }
+        if h.is("x-forwarded-for") {
+            append_list(&mut xff, &h.value);
+        } else if h.is("forwarded") {
+            append_list(&mut forwarded, &h.value);
+        } else if h.is("x-forwarded-proto") || (h.is("expect") && head.version == Version::Http10) {
+            // Ours replaces the client's; a 1.0 client cannot take a 100.
+        } else {
+            put(out, &h.name, &h.value);
+        }
+    }
+    if !head.headers.iter().any(|h| h.is("host")) {
+        put(out, "Host", info.listener.to_string().as_bytes());
+    }
+    let ip = info.client.ip();
+    append_list(&mut xff, ip.to_string().as_bytes());
+    put(out, "X-Forwarded-For", &xff);
+    put(out, "X-Forwarded-Proto", b"http");
+    let node = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("\"[{}]\"", v6.ip()),
+    };
+    let element = format!("for={};by={};proto=http", node(info.client), node(info.listener));
+    append_list(&mut forwarded, element.as_bytes());
+    put(out, "Forwarded", &forwarded);
+
+    match head.body {
+        BodyKind::Length(n) => put(out, "Content-Length", n.to_string().as_bytes()),
+        BodyKind::Chunked => put(out, "Transfer-Encoding", b"chunked"),
+        // A POST with "Content-Length: 0" keeps it: some servers answer 411 without.
+        BodyKind::None if head.headers.iter().any(|h| h.is("content-length")) => {
+            put(out, "Content-Length", b"0")
+        }
+        BodyKind::None | BodyKind::UntilClose => {}
+    }
+    if let Some(proto) = &head.upgrade {
+        put(out, "Connection", b"upgrade");
+        put(out, "Upgrade", proto);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the response head to send to a client of `client_version`.
+///
+/// `keep_alive` is whether Fulcrum keeps the client connection after this
+/// response (it says so explicitly to 1.0 clients, and says `close` to all).
+pub fn write_response_head(
+    head: &ResponseHead,
+    framing: ResponseFraming,
+    client_version: Version,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    let connection: Vec<&Header> = head.headers.iter().filter(|h| h.is("connection")).collect();
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", head.status, head.reason);
+    for h in &head.headers {
+        if !is_hop_by_hop(h, &connection) {
+            put(out, &h.name, &h.value);
+        }
+    }
+    match framing {
+        ResponseFraming::Length(n) => put(out, "Content-Length", n.to_string().as_bytes()),
+        ResponseFraming::Chunked => put(out, "Transfer-Encoding", b"chunked"),
+        // HEAD and 304 responses keep the length they announce.
+        ResponseFraming::NoBody => {
+            if let Some(cl) = head.headers.iter().find(|h| h.is("content-length")) {
+                let first = cl.value.split(|&b| b == b',').next().unwrap_or_default();
+                put(out, "Content-Length", first.trim_ascii());
+            }
+        }
+        ResponseFraming::Close => {}
+    }
+    if head.status == 101 {
+        put(out, "Connection", b"upgrade");
+        if let Some(u) = head.headers.iter().find(|h| h.is("upgrade")) {
+            put(out, "Upgrade", &u.value);
+        }
+    } else if !keep_alive {
+        put(out, "Connection", b"close");
+    } else if client_version == Version::Http10 {
+        put(out, "Connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A complete short response Fulcrum answers by itself (errors, refusals).
+pub fn error_response(status: u16, message: &str, close: bool) -> Vec<u8> {
+    let body = format!("{status} {}: {message}\n", reason(status));
+    let connection = if close { "close" } else { "keep-alive" };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+        reason(status),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The reason phrase of a status Fulcrum generates.
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn append_list(list: &mut Vec<u8>, item: &[u8]) {
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(item);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_request, parse_response};
+    use super::*;
+
+    fn info() -> ClientInfo {
+        ClientInfo { client: "10.1.2.3:5555".parse().unwrap(), listener: "127.0.0.1:8080".parse().unwrap() }
+    }
+
+    fn forward(text: &str) -> String {
+        let head = parse_request(text.as_bytes()).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request_head(&head, &info(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_adds_forwarding() {
+        let out = forward(
+            "GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: s\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n",
+        );
+        assert!(out.starts_with("GET /x HTTP/1.1\r\nHost: h\r\n"), "{out}");
+        for gone in ["Connection", "Keep-Alive", "X-Secret", "TE:", "https"] {
+            assert!(!out.contains(gone), "{gone} in {out}");
+        }
+        assert!(out.contains("Accept: */*\r\n"));
+        assert!(out.contains("X-Forwarded-For: 1.1.1.1, 10.1.2.3\r\n"));
+        assert!(out.contains("X-Forwarded-Proto: http\r\n"));
+        assert!(out.contains("Forwarded: for=10.1.2.3;by=127.0.0.1;proto=http\r\n"));
+        assert!(out.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn restates_framing_once() {
+        let out = forward("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\n");
+        assert_eq!(out.matches("Content-Length").count(), 1);
+        assert!(out.contains("Content-Length: 3\r\n"));
+        let out = forward("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+        let out = forward("POST / HTTP/1.0\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n");
+        assert!(out.contains("Content-Length: 0\r\n") && out.contains("Host: 127.0.0.1:8080\r\n"));
+        assert!(!out.contains("Expect"));
+    }
+
+    #[test]
+    fn upgrade_is_kept_only_for_upgrades() {
+        let out = forward("GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(out.contains("Connection: upgrade\r\nUpgrade: websocket\r\n"));
+        let out = forward("GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n");
+        assert!(!out.contains("Upgrade") && !out.contains("upgrade"));
+    }
+
+    #[test]
+    fn response_head_for_clients() {
+        let head = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n\r\n",
+            "GET",
+        )
+        .unwrap()
+        .unwrap();
+        let framing = ResponseFraming::decide(head.body, Version::Http10);
+        assert_eq!(framing, ResponseFraming::Close);
+        let mut out = Vec::new();
+        write_response_head(&head, framing, Version::Http10, false, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nX-B: 2\r\nConnection: close\r\n\r\n");
+
+        let head = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", "HEAD").unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(&head, ResponseFraming::NoBody, Version::Http10, true, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("Content-Length: 7\r\n") && out.contains("Connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn error_responses_are_complete() {
+        let r = String::from_utf8(error_response(503, "no backend available", true)).unwrap();
+        let head = parse_response(r.as_bytes(), "GET").unwrap().unwrap();
+        assert_eq!(head.status, 503);
+        assert_eq!(head.body, BodyKind::Length((r.len() - head.head_len) as u64));
+    }
+}

@@ -1,0 +1,162 @@
+//! `tcp` mode: connect the client to a backend and move bytes both ways,
+//! keeping half-closes (a client's shutdown(WR) reaches the backend while the
+//! reply still flows back), until both sides finish or the session idles out.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::server::ServiceRuntime;
+use crate::upstream::ConnectOptions;
+
+/// Serves one tcp-mode client connection.
+pub async fn serve(mut client: TcpStream, service: &ServiceRuntime) {
+    let key = client.peer_addr().map(|a| hash_ip(a.ip())).unwrap_or(0);
+    let opts = ConnectOptions {
+        key,
+        retries: service.retries,
+        connect_timeout: service.timeouts.connect,
+        reuse_within: None,
+    };
+    let mut upstream = match service.pool.connect(opts).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(service = %service.name, error = %e, "tcp session refused");
+            return;
+        }
+    };
+    let _session = service.pool.open_session(upstream.backend);
+    if let Err(e) = tunnel(&mut client, &mut upstream.stream, service.timeouts.client_idle).await {
+        tracing::debug!(service = %service.name, error = %e, "tcp session ended with an error");
+    }
+}
+
+/// A stable 64-bit key of a client address for hashing selectors.
+pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    h.finish()
+}
+
+/// Moves bytes between `a` and `b` until both directions reach EOF, either
+/// fails, or nothing moves for `idle`. Returns the bytes moved (a→b, b→a).
+pub async fn tunnel(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved either way.
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let both = async {
+        if SPLICE {
+            tokio::try_join!(splice_one_way(a, b, &touch), splice_one_way(b, a, &touch))
+        } else {
+            let (mut ar, mut aw) = a.split();
+            let (mut br, mut bw) = b.split();
+            tokio::try_join!(copy_one_way(&mut ar, &mut bw, &touch), copy_one_way(&mut br, &mut aw, &touch))
+        }
+    };
+    let watchdog = async {
+        loop {
+            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = both => r,
+        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}"))),
+    }
+}
+
+/// Whether tunnels use splice(2) rather than copying through user space.
+const SPLICE: bool = true;
+
+/// Copies `r` into `w` until EOF, then shuts `w` down for writing.
+async fn copy_one_way<R, W>(r: &mut R, w: &mut W, touch: &impl Fn()) -> io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        touch();
+    }
+}
+
+/// Bytes moved per splice(2) call; the pipe is grown to hold this much.
+const SPLICE_CHUNK: usize = 256 * 1024;
+
+/// Moves `src` into `dst` through a pipe with splice(2): the payload stays in
+/// the kernel. Shuts `dst` down for writing at EOF.
+async fn splice_one_way(src: &TcpStream, dst: &TcpStream, touch: &impl Fn()) -> io::Result<u64> {
+    let (pipe_r, pipe_w) = pipe()?;
+    let mut total = 0u64;
+    loop {
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe_w.as_raw_fd(), SPLICE_CHUNK)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+            return Ok(total);
+        }
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || splice(pipe_r.as_raw_fd(), dst.as_raw_fd(), left)) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        touch();
+    }
+}
+
+/// A non-blocking pipe (read end, write end), grown to `SPLICE_CHUNK` where allowed.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A larger pipe means fewer splice calls; failure (a low pipe-max-size) only costs speed.
+    // SAFETY: F_SETPIPE_SZ on an open pipe descriptor with an int argument.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, SPLICE_CHUNK as libc::c_int) };
+    Ok((r, w))
+}
+
+/// One non-blocking splice(2) of up to `len` bytes from `from` to `to`.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: both descriptors are open for the duration of the call; null
+    // offsets are what splice takes for sockets and pipes.
+    let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,155 @@
+//! Listeners and the accept loop: bind every service's addresses, admit each
+//! connection under the service's limit, hand it to the tcp or http handler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_core::http::error_response;
+use fulcrum_core::model::{Limits, Mode, Model, OnLimit, Timeouts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::upstream::PoolRuntime;
+
+/// A service as the data path sees it.
+pub struct ServiceRuntime {
+    pub name: String,
+    pub mode: Mode,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+    pub pool: Arc<PoolRuntime>,
+    limits: Limits,
+    /// Slots for `limits.max_connections`; `None` when unlimited.
+    slots: Option<Arc<Semaphore>>,
+}
+
+/// Every listener of a configuration, bound and not yet serving.
+pub struct Bound {
+    pub listeners: Vec<(Arc<ServiceRuntime>, TcpListener)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("service {service:?}: cannot listen on {address}: {source}")]
+pub struct BindError {
+    service: String,
+    address: SocketAddr,
+    source: std::io::Error,
+}
+
+/// Binds every listener of `model`; the first failure names its service and address.
+pub fn bind(model: &Model) -> Result<Bound, BindError> {
+    let pools: Vec<Arc<PoolRuntime>> = model.pools.iter().map(|p| Arc::new(PoolRuntime::new(p))).collect();
+    let mut listeners = Vec::new();
+    for s in &model.services {
+        let service = Arc::new(ServiceRuntime {
+            name: s.name.clone(),
+            mode: s.mode,
+            timeouts: s.timeouts.clone(),
+            retries: s.retries,
+            pool: pools[s.pool.0].clone(),
+            limits: s.limits.clone(),
+            slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
+        });
+        for &address in &s.listen {
+            let listener = listen(address)
+                .map_err(|source| BindError { service: s.name.clone(), address, source })?;
+            listeners.push((service.clone(), listener));
+        }
+    }
+    Ok(Bound { listeners })
+}
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    // Lets a restarted Fulcrum bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+impl Bound {
+    /// Runs every accept loop until `shutdown` is cancelled; connections are
+    /// spawned on `sessions` so the caller can wait for them to finish.
+    pub async fn serve(self, shutdown: CancellationToken, sessions: TaskTracker) {
+        let mut loops = Vec::new();
+        for (service, listener) in self.listeners {
+            loops.push(tokio::spawn(accept_loop(listener, service, shutdown.clone(), sessions.clone())));
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, service: Arc<ServiceRuntime>, shutdown: CancellationToken, sessions: TaskTracker) {
+    let Ok(local) = listener.local_addr() else { return };
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: pause rather than spin; sessions that end free descriptors.
+                tracing::warn!(service = %service.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            let Some(_slot) = admit(&service).await else {
+                refuse(stream, &service).await;
+                return;
+            };
+            match service.mode {
+                Mode::Tcp => crate::l4::serve(stream, &service).await,
+                Mode::Http => crate::l7::serve(stream, peer, local, &service, &shutdown).await,
+            }
+        });
+    }
+}
+
+/// Takes a slot under the service's connection limit: at once, after a
+/// bounded wait (`on_limit = "queue"`), or not at all. `Some(None)` when unlimited.
+async fn admit(service: &ServiceRuntime) -> Option<Option<OwnedSemaphorePermit>> {
+    let Some(slots) = &service.slots else { return Some(None) };
+    if let Ok(p) = slots.clone().try_acquire_owned() {
+        return Some(Some(p));
+    }
+    match service.limits.on_limit {
+        OnLimit::Refuse => None,
+        OnLimit::Queue => tokio::time::timeout(service.limits.queue_timeout, slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(Some),
+    }
+}
+
+/// Turns away a connection over the limit: a 503 in http mode, a close in tcp mode.
+async fn refuse(mut stream: TcpStream, service: &ServiceRuntime) {
+    tracing::info!(service = %service.name, "connection refused: at max_connections");
+    if service.mode == Mode::Http {
+        let msg = format!("service {:?} is at its connection limit", service.name);
+        let _ = stream.write_all(&error_response(503, &msg, true)).await;
+        let _ = stream.shutdown().await;
+        // Read what the client sent so closing does not reset the connection
+        // before it reads the 503.
+        let mut sink = [0u8; 4096];
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+}

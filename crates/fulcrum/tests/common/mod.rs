@@ -1,0 +1,297 @@
+//! Test harness: real `fulcrum` processes on loopback, talked to as a client
+//! would. Every process is killed when its handle drops; tests synchronise on
+//! the `listening` lines the processes print, never on sleeps.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fulcrum"))
+}
+
+/// A child process that is killed on drop, with its stderr kept in a file.
+pub struct Proc {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    /// Lines of stdout after the `listening` ones, as they come.
+    pub stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], dir: tempfile::TempDir) -> Proc {
+        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+        let child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn fulcrum");
+        Proc { child, dir, stdout: None }
+    }
+
+    /// Reads stdout lines until `n` lines starting with `listening` were seen;
+    /// returns their `address=` values in order.
+    fn listening(&mut self, n: usize) -> Vec<SocketAddr> {
+        let out = self.child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(out);
+        let mut addrs = Vec::new();
+        let mut line = String::new();
+        while addrs.len() < n {
+            line.clear();
+            let read = reader.read_line(&mut line).expect("read stdout");
+            if read == 0 {
+                panic!("process exited before listening; stderr:\n{}", self.stderr());
+            }
+            if let Some(rest) = line.trim().strip_prefix("listening ") {
+                let addr = rest.split("address=").nth(1).expect("address=");
+                addrs.push(addr.parse().expect("listen address"));
+            }
+        }
+        self.stdout = Some(reader);
+        addrs
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.wait_exit(Duration::from_secs(30)).expect("exit after SIGTERM")
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- stderr of fulcrum {} ---\n{}", self.child.id(), self.stderr());
+        }
+    }
+}
+
+/// A built-in backend (`fulcrum backend`).
+pub struct Backend {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        Self::start_at("127.0.0.1:0", name)
+    }
+
+    pub fn start_at(listen: &str, name: &str) -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut proc = Proc::spawn(&["backend", "--listen", listen, "--name", name], dir);
+        let addr = proc.listening(1)[0];
+        Backend { proc, addr, name: name.to_owned() }
+    }
+}
+
+/// A running `fulcrum run` with its listeners.
+pub struct Fulcrum {
+    pub proc: Proc,
+    /// Bound listener addresses, in configuration order.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Fulcrum {
+    /// Starts `fulcrum run` on `config` and waits for `listeners` listening lines.
+    pub fn start(config: &str, listeners: usize) -> Fulcrum {
+        Self::start_with(config, listeners, &[])
+    }
+
+    pub fn start_with(config: &str, listeners: usize, extra: &[&str]) -> Fulcrum {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(&path, config).expect("write config");
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec!["run", "-c", path.as_str()];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args, dir);
+        let addrs = proc.listening(listeners);
+        Fulcrum { proc, addrs }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[0])
+    }
+}
+
+/// A configuration with one service `web` of `mode` on 127.0.0.1:0 over
+/// `backends`, plus `service_extra` lines inside the service table and
+/// `pool_extra` lines inside the pool table.
+pub fn config(mode: &str, backends: &[(&str, SocketAddr, u32)], service_extra: &str, pool_extra: &str) -> String {
+    let mut c = format!(
+        "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"{mode}\"\npool = \"web\"\n{service_extra}\n\n[[pool]]\nname = \"web\"\n{pool_extra}\n"
+    );
+    for (name, addr, weight) in backends {
+        c.push_str(&format!("\n[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\nweight = {weight}\n"));
+    }
+    c
+}
+
+/// Sends `request` on a new connection and reads until the peer closes (or 10 s).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a blocking stream.
+pub fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).expect("read head") == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("read body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// A hand-rolled HTTP backend for what the built-in one cannot show: it
+/// records every request head it receives and counts its connections.
+/// Answers each request with 200 and body `ok`, keeping connections open;
+/// `GET /chunked` gets a chunked body (`hello world`), `GET /truncated` a body
+/// cut short, `GET /smuggle` an ambiguous response, and a WebSocket upgrade a
+/// 101 and then an echo of every byte.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub heads: Arc<Mutex<Vec<String>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (heads.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                std::thread::spawn(move || serve_recorded(stream, h));
+            }
+        });
+        Recorder { addr, heads, connections }
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+fn serve_recorded(mut s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let lower = head.to_ascii_lowercase();
+        let len: usize = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while buf.len() < len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..len);
+        heads.lock().expect("lock").push(head.clone());
+        let reply: &[u8] = if lower.contains("upgrade: websocket") {
+            // Switch protocols, then echo bytes until the client half-closes.
+            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+            let _ = s.write_all(&buf);
+            let mut b = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut b) {
+                if s.write_all(&b[..n]).is_err() {
+                    return;
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            return;
+        } else if head.starts_with("GET /chunked") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n"
+        } else if head.starts_with("GET /truncated") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this");
+            return;
+        } else if head.starts_with("GET /smuggle") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        if s.write_all(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// An address nothing listens on (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
