@@ -154,7 +154,10 @@ impl Body for Reply {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(match &mut *self {
             Reply::Full(b) if b.is_empty() => None,
             Reply::Full(b) => Some(Ok(Frame::data(std::mem::take(b)))),
@@ -180,7 +183,10 @@ impl Body for Reply {
 }
 
 /// Lets the demo run backends in-process: binds and serves in the background.
-pub async fn spawn(listen: SocketAddr, name: &str) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
+pub async fn spawn(
+    listen: SocketAddr,
+    name: &str,
+) -> std::io::Result<(SocketAddr, impl Future<Output = ()>)> {
     let listener = TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     Ok((address, serve(listener, Arc::from(name))))

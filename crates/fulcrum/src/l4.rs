@@ -109,7 +109,8 @@ async fn splice_one_way(src: &TcpStream, dst: &TcpStream, touch: &impl Fn()) -> 
     loop {
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe_w.as_raw_fd(), SPLICE_CHUNK)) {
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe_w.as_raw_fd(), SPLICE_CHUNK))
+            {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),

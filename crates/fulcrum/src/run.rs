@@ -77,12 +77,19 @@ pub async fn serve(model: Model, stop: impl Future<Output = ()>) -> ExitCode {
             println!("listening service={} address={address}", service.name);
         }
     }
+    if let Some(admin) = &model.admin {
+        tracing::warn!(listen = %admin.listen, "the admin API is not served yet; [admin] is accepted and ignored");
+    }
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let accepting = tokio::spawn(bound.serve(shutdown.clone(), sessions.clone()));
     stop.await;
     let grace = model.runtime.shutdown_grace;
-    tracing::info!(sessions = sessions.len(), ?grace, "shutting down: no longer accepting, finishing sessions");
+    tracing::info!(
+        sessions = sessions.len(),
+        ?grace,
+        "shutting down: no longer accepting, finishing sessions"
+    );
     shutdown.cancel();
     let _ = accepting.await;
     sessions.close();

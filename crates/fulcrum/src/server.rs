@@ -55,8 +55,8 @@ pub fn bind(model: &Model) -> Result<Bound, BindError> {
             slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
         });
         for &address in &s.listen {
-            let listener = listen(address)
-                .map_err(|source| BindError { service: s.name.clone(), address, source })?;
+            let listener =
+                listen(address).map_err(|source| BindError { service: s.name.clone(), address, source })?;
             listeners.push((service.clone(), listener));
         }
     }
@@ -90,7 +90,12 @@ impl Bound {
     }
 }
 
-async fn accept_loop(listener: TcpListener, service: Arc<ServiceRuntime>, shutdown: CancellationToken, sessions: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    service: Arc<ServiceRuntime>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
     let Ok(local) = listener.local_addr() else { return };
     loop {
         let accepted = tokio::select! {

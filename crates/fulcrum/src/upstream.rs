@@ -176,9 +176,9 @@ impl Drop for SessionGuard<'_> {
 
 async fn connect(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    let stream = tokio::time::timeout(timeout, socket.connect(address))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}")))??;
+    let stream = tokio::time::timeout(timeout, socket.connect(address)).await.map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}"))
+    })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -53,7 +53,8 @@ fn pipelined_requests_are_answered_in_order() {
         b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\nGET /3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
-    let paths: Vec<String> = rec.heads().iter().map(|h| h.split(' ').nth(1).unwrap_or("").to_owned()).collect();
+    let paths: Vec<String> =
+        rec.heads().iter().map(|h| h.split(' ').nth(1).unwrap_or("").to_owned()).collect();
     assert_eq!(paths, ["/1", "/2", "/3"]);
 }
 
@@ -61,7 +62,10 @@ fn pipelined_requests_are_answered_in_order() {
 fn http10_clients_close_unless_keep_alive() {
     let (_rec, f) = one_recorder();
     let out = raw(f.addr(), b"GET / HTTP/1.0\r\n\r\n");
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("Connection: close") && out.ends_with("ok"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("Connection: close") && out.ends_with("ok"),
+        "{out}"
+    );
 
     let mut s = TcpStream::connect(f.addr()).expect("connect");
     for _ in 0..2 {
@@ -92,7 +96,7 @@ fn hop_by_hop_removed_and_client_address_added() {
     assert!(head.contains("X-Kept: yes\r\n"));
     assert!(head.contains("X-Forwarded-For: 203.0.113.9, 127.0.0.1\r\n"), "{head}");
     assert!(head.contains("X-Forwarded-Proto: http\r\n"));
-    assert!(head.contains(&format!("Forwarded: for=127.0.0.1;by=127.0.0.1;proto=http\r\n")), "{head}");
+    assert!(head.contains("Forwarded: for=127.0.0.1;by=127.0.0.1;proto=http\r\n"), "{head}");
 }
 
 #[test]
@@ -118,7 +122,8 @@ fn expect_100_continue_is_relayed() {
     let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], "", ""), 1);
     let mut s = TcpStream::connect(f.addr()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect("write");
+    s.write_all(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .expect("write");
     let mut interim = [0u8; 25];
     s.read_exact(&mut interim).expect("100 Continue before the body is sent");
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -132,7 +137,8 @@ fn websocket_upgrade_becomes_a_tunnel() {
     let (_rec, f) = one_recorder();
     let mut s = TcpStream::connect(f.addr()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").expect("write");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -173,7 +179,11 @@ fn errors_have_the_status_a_client_expects() {
     // An ambiguous response is not passed on.
     assert!(raw(f.addr(), b"GET /smuggle HTTP/1.1\r\nHost: t\r\n\r\n").starts_with("HTTP/1.1 502 "));
     let forwarded: Vec<String> = rec.heads();
-    assert_eq!(forwarded.len(), 4, "only the truncated, smuggle and chunked-body requests reach the backend: {forwarded:?}");
+    assert_eq!(
+        forwarded.len(),
+        4,
+        "only the truncated, smuggle and chunked-body requests reach the backend: {forwarded:?}"
+    );
 }
 
 #[test]
@@ -251,7 +261,8 @@ fn stream_through(f: &Fulcrum, total: u64) -> u64 {
     };
     // Download.
     let mut s = TcpStream::connect(f.addr()).expect("connect");
-    s.write_all(format!("GET /bytes/{total} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).expect("write");
+    s.write_all(format!("GET /bytes/{total} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("write");
     let mut got = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -263,7 +274,8 @@ fn stream_through(f: &Fulcrum, total: u64) -> u64 {
     assert!(got > total, "downloaded {got} of {total}");
     // Upload.
     let mut s = TcpStream::connect(f.addr()).expect("connect");
-    s.write_all(format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes()).expect("write");
+    s.write_all(format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes())
+        .expect("write");
     let zeros = vec![0u8; 256 * 1024];
     let mut sent = 0u64;
     while sent < total {

@@ -61,46 +61,27 @@ fn at_line(line: &Option<usize>) -> String {
 pub fn load(text: &str) -> Result<Loaded, Vec<ConfigError>> {
     let document = ImDocument::parse(text).map_err(|e| vec![syntax_error(text, &e)])?;
     let mut r = Report::new(text);
-    let root = r.section(
-        String::new(),
-        "",
-        document.as_table(),
-        None,
-        schema::TOP_KEYS,
-    );
+    let root = r.section(String::new(), "", document.as_table(), None, schema::TOP_KEYS);
 
     let admin = schema::admin(&mut r, &root);
     let runtime = schema::runtime(&mut r, &root);
     let pool_tables = r.tables(&root, "pool");
-    let pools = pool_tables
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| schema::pool(&mut r, t, i))
-        .collect();
+    let pools = pool_tables.into_iter().enumerate().map(|(i, t)| schema::pool(&mut r, t, i)).collect();
     let service_tables = r.tables(&root, "service");
-    let services = service_tables
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| schema::service(&mut r, t, i))
-        .collect();
+    let services =
+        service_tables.into_iter().enumerate().map(|(i, t)| schema::service(&mut r, t, i)).collect();
     let model = validate::model(&mut r, admin, runtime, services, pools);
 
     let (mut errors, warnings) = r.finish();
     match model {
-        Some(model) if errors.is_empty() => Ok(Loaded {
-            model,
-            warnings: warnings.iter().map(ToString::to_string).collect(),
-        }),
+        Some(model) if errors.is_empty() => {
+            Ok(Loaded { model, warnings: warnings.iter().map(ToString::to_string).collect() })
+        }
         _ => {
             if errors.is_empty() {
                 // Every reader that leaves a part out reports why; this is a backstop.
-                let message =
-                    "the configuration could not be read (a bug in fulcrum: please report it)";
-                errors.push(ConfigError {
-                    line: None,
-                    path: String::new(),
-                    message: message.into(),
-                });
+                let message = "the configuration could not be read (a bug in fulcrum: please report it)";
+                errors.push(ConfigError { line: None, path: String::new(), message: message.into() });
             }
             Err(errors)
         }
@@ -109,23 +90,11 @@ pub fn load(text: &str) -> Result<Loaded, Vec<ConfigError>> {
 
 fn syntax_error(text: &str, e: &toml_edit::TomlError) -> ConfigError {
     let start = e.span().map_or(text.len(), |s| s.start.min(text.len()));
-    let before = text.as_bytes()[..start]
-        .split(|b| *b == b'\n')
-        .next_back()
-        .unwrap_or_default();
+    let before = text.as_bytes()[..start].split(|b| *b == b'\n').next_back().unwrap_or_default();
     let column = String::from_utf8_lossy(before).chars().count() + 1;
-    let mut detail: Vec<&str> = e
-        .message()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let mut detail: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if detail.is_empty() {
-        detail.push(if start == text.len() {
-            "unexpected end of file"
-        } else {
-            "unexpected input"
-        });
+        detail.push(if start == text.len() { "unexpected end of file" } else { "unexpected input" });
     }
     ConfigError {
         line: Report::new(text).line(e.span()),

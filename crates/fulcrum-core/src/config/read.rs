@@ -31,23 +31,13 @@ pub(super) struct Report<'t> {
 
 impl<'t> Report<'t> {
     pub fn new(text: &'t str) -> Self {
-        Report {
-            text,
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
+        Report { text, errors: Vec::new(), warnings: Vec::new() }
     }
 
     /// The 1-based line a byte span starts on.
     pub fn line(&self, span: Option<Range<usize>>) -> Option<usize> {
         let start = span?.start.min(self.text.len());
-        Some(
-            self.text.as_bytes()[..start]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1,
-        )
+        Some(self.text.as_bytes()[..start].iter().filter(|b| **b == b'\n').count() + 1)
     }
 
     /// An error about `key path: what is wrong`.
@@ -56,31 +46,19 @@ impl<'t> Report<'t> {
             "" => message.as_ref().to_owned(),
             _ => format!("{path}: {}", message.as_ref()),
         };
-        self.errors.push(ConfigError {
-            line,
-            path: path.to_owned(),
-            message,
-        });
+        self.errors.push(ConfigError { line, path: path.to_owned(), message });
     }
 
     /// An error whose message goes on from the thing's name: `pool "web" has no backends`.
     pub fn error_on(&mut self, line: Option<usize>, path: &str, predicate: &str) {
         let message = format!("{path} {predicate}");
-        self.errors.push(ConfigError {
-            line,
-            path: path.to_owned(),
-            message,
-        });
+        self.errors.push(ConfigError { line, path: path.to_owned(), message });
     }
 
     /// A warning whose message goes on from the thing's name.
     pub fn warn_on(&mut self, line: Option<usize>, path: &str, predicate: &str) {
         let message = format!("{path} {predicate}");
-        self.warnings.push(ConfigError {
-            line,
-            path: path.to_owned(),
-            message,
-        });
+        self.warnings.push(ConfigError { line, path: path.to_owned(), message });
     }
 
     pub fn error_count(&self) -> usize {
@@ -122,33 +100,18 @@ impl<'t> Report<'t> {
             }
             self.error(line, &path, message);
         }
-        Section {
-            path,
-            prefix: prefix.to_owned(),
-            table,
-            line,
-        }
+        Section { path, prefix: prefix.to_owned(), table, line }
     }
 
     /// `key` as a nested table of `s` (`[service.timeouts]`, or
     /// `timeouts = { … }`): messages keep `s`'s path and prefix the key.
-    pub fn subsection<'d>(
-        &mut self,
-        s: &Section<'d>,
-        key: &str,
-        known: &[&str],
-    ) -> Option<Section<'d>> {
+    pub fn subsection<'d>(&mut self, s: &Section<'d>, key: &str, known: &[&str]) -> Option<Section<'d>> {
         let prefix = format!("{}{key}.", s.prefix);
         self.open(s, key, s.path.clone(), &prefix, known)
     }
 
     /// `key` as a table named by its own key (`[admin]`): messages say `admin: …`.
-    pub fn named_section<'d>(
-        &mut self,
-        s: &Section<'d>,
-        key: &str,
-        known: &[&str],
-    ) -> Option<Section<'d>> {
+    pub fn named_section<'d>(&mut self, s: &Section<'d>, key: &str, known: &[&str]) -> Option<Section<'d>> {
         self.open(s, key, key.to_owned(), "", known)
     }
 
@@ -179,20 +142,14 @@ impl<'t> Report<'t> {
         match found.value {
             Item::ArrayOfTables(array) => array
                 .iter()
-                .map(|t| Located {
-                    value: t as &dyn TableLike,
-                    line: self.line(t.span()),
-                })
+                .map(|t| Located { value: t as &dyn TableLike, line: self.line(t.span()) })
                 .collect(),
             Item::Value(Value::Array(array)) => {
                 let mut tables = Vec::new();
                 for value in array.iter() {
                     let line = self.line(value.span());
                     match value.as_inline_table() {
-                        Some(t) => tables.push(Located {
-                            value: t as &dyn TableLike,
-                            line,
-                        }),
+                        Some(t) => tables.push(Located { value: t as &dyn TableLike, line }),
                         None => self.error(
                             line,
                             &s.path,
@@ -212,10 +169,7 @@ impl<'t> Report<'t> {
     pub fn string<'d>(&mut self, s: &Section<'d>, key: &str) -> Option<Located<&'d str>> {
         let found = self.get(s, key)?;
         match found.value.as_str() {
-            Some(value) => Some(Located {
-                value,
-                line: found.line,
-            }),
+            Some(value) => Some(Located { value, line: found.line }),
             None => {
                 self.wrong_type(s, key, found, "a string");
                 None
@@ -226,10 +180,7 @@ impl<'t> Report<'t> {
     pub fn integer(&mut self, s: &Section<'_>, key: &str) -> Option<Located<i64>> {
         let found = self.get(s, key)?;
         match found.value.as_integer() {
-            Some(value) => Some(Located {
-                value,
-                line: found.line,
-            }),
+            Some(value) => Some(Located { value, line: found.line }),
             None => {
                 self.wrong_type(s, key, found, "an integer");
                 None
@@ -238,11 +189,7 @@ impl<'t> Report<'t> {
     }
 
     /// An array of strings, each with its own line.
-    pub fn strings<'d>(
-        &mut self,
-        s: &Section<'d>,
-        key: &str,
-    ) -> Option<Located<Vec<Located<&'d str>>>> {
+    pub fn strings<'d>(&mut self, s: &Section<'d>, key: &str) -> Option<Located<Vec<Located<&'d str>>>> {
         let found = self.get(s, key)?;
         let Some(array) = found.value.as_array() else {
             self.wrong_type(s, key, found, "an array of strings");
@@ -254,19 +201,12 @@ impl<'t> Report<'t> {
             match value.as_str() {
                 Some(v) => values.push(Located { value: v, line }),
                 None => {
-                    let message = format!(
-                        "{} must hold only strings, found {}",
-                        s.key(key),
-                        kind(value)
-                    );
+                    let message = format!("{} must hold only strings, found {}", s.key(key), kind(value));
                     self.error(line, &s.path, message);
                 }
             }
         }
-        Some(Located {
-            value: values,
-            line: found.line,
-        })
+        Some(Located { value: values, line: found.line })
     }
 
     /// A duration string (`"500ms"`, `"2s"`, `"30m"`); `default` when absent
@@ -278,10 +218,8 @@ impl<'t> Report<'t> {
         };
         let name = s.key(key);
         let Some(text) = found.value.as_str() else {
-            let message = format!(
-                "{name} must be a duration string ({LIKE}), found {}",
-                kind_of(found.value)
-            );
+            let message =
+                format!("{name} must be a duration string ({LIKE}), found {}", kind_of(found.value));
             self.error(found.line, &s.path, message);
             return default;
         };
@@ -306,23 +244,14 @@ impl<'t> Report<'t> {
     /// One of a closed set of words, turned into `T` by its serde derive so
     /// the spelling lives in one place (`model.rs`); `allowed` is listed in
     /// the error message. `None` when absent or wrong.
-    pub fn choice<T: DeserializeOwned>(
-        &mut self,
-        s: &Section<'_>,
-        key: &str,
-        allowed: &[&str],
-    ) -> Option<T> {
+    pub fn choice<T: DeserializeOwned>(&mut self, s: &Section<'_>, key: &str, allowed: &[&str]) -> Option<T> {
         let found = self.string(s, key)?;
         match T::deserialize(StrDeserializer::<ValueError>::new(found.value)) {
             Ok(value) => Some(value),
             Err(_) => {
                 let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
-                let message = format!(
-                    "{} {:?} is not one of {}",
-                    s.key(key),
-                    found.value,
-                    allowed.join(", ")
-                );
+                let message =
+                    format!("{} {:?} is not one of {}", s.key(key), found.value, allowed.join(", "));
                 self.error(found.line, &s.path, message);
                 None
             }
@@ -342,19 +271,12 @@ impl<'t> Report<'t> {
     /// The item under `key` and its line (the value's, else the key's, else the table's).
     fn get<'d>(&self, s: &Section<'d>, key: &str) -> Option<Located<&'d Item>> {
         let (k, item) = s.table.get_key_value(key)?;
-        let line = self
-            .line(item.span())
-            .or_else(|| self.line(k.span()))
-            .or(s.line);
+        let line = self.line(item.span()).or_else(|| self.line(k.span())).or(s.line);
         Some(Located { value: item, line })
     }
 
     fn wrong_type(&mut self, s: &Section<'_>, key: &str, found: Located<&Item>, wanted: &str) {
-        let message = format!(
-            "{} must be {wanted}, found {}",
-            s.key(key),
-            kind_of(found.value)
-        );
+        let message = format!("{} must be {wanted}, found {}", s.key(key), kind_of(found.value));
         self.error(found.line, &s.path, message);
     }
 }

@@ -18,16 +18,9 @@ use crate::model::{Admin, Algorithm, Limits, Mode, OnLimit, Runtime, Timeouts};
 pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool"];
 const ADMIN_KEYS: &[&str] = &["listen"];
 const RUNTIME_KEYS: &[&str] = &["shutdown_grace"];
-const SERVICE_KEYS: &[&str] = &[
-    "name", "listen", "mode", "pool", "retries", "timeouts", "limits",
-];
-const TIMEOUT_KEYS: &[&str] = &[
-    "connect",
-    "client_idle",
-    "backend_idle",
-    "request_headers",
-    "backend_response",
-];
+const SERVICE_KEYS: &[&str] = &["name", "listen", "mode", "pool", "retries", "timeouts", "limits"];
+const TIMEOUT_KEYS: &[&str] =
+    &["connect", "client_idle", "backend_idle", "request_headers", "backend_response"];
 const LIMIT_KEYS: &[&str] = &["max_connections", "on_limit", "queue_timeout"];
 const POOL_KEYS: &[&str] = &["name", "algorithm", "max_idle_per_backend", "backend"];
 const BACKEND_KEYS: &[&str] = &["name", "address", "weight"];
@@ -60,10 +53,7 @@ pub(super) fn admin(r: &mut Report, root: &Section) -> Option<Located<Admin>> {
     r.require(&s, &["listen"]);
     let listen = r.string(&s, "listen")?;
     let address = socket_addr(r, &s, "listen", listen, true)?;
-    Some(Located {
-        value: Admin { listen: address },
-        line: listen.line,
-    })
+    Some(Located { value: Admin { listen: address }, line: listen.line })
 }
 
 /// `[runtime]`, with its defaults when absent.
@@ -103,16 +93,12 @@ pub(super) fn service<'d>(
     let mut listen = Vec::new();
     if let Some(list) = r.strings(&s, "listen") {
         if list.value.is_empty() {
-            let message =
-                r#"listen is empty; give at least one "IP:port", like ["127.0.0.1:8080"]"#;
+            let message = r#"listen is empty; give at least one "IP:port", like ["127.0.0.1:8080"]"#;
             r.error(list.line, &s.path, message);
         }
         for entry in list.value {
             if let Some(address) = socket_addr(r, &s, "listen", entry, true) {
-                listen.push(Located {
-                    value: address,
-                    line: entry.line,
-                });
+                listen.push(Located { value: address, line: entry.line });
             }
         }
     }
@@ -133,37 +119,19 @@ pub(super) fn service<'d>(
     let limits = match r.subsection(&s, "limits", LIMIT_KEYS) {
         Some(l) => Limits {
             max_connections: max_connections(r, &l),
-            on_limit: r
-                .choice(&l, "on_limit", ON_LIMITS)
-                .unwrap_or(OnLimit::Queue),
+            on_limit: r.choice(&l, "on_limit", ON_LIMITS).unwrap_or(OnLimit::Queue),
             queue_timeout: r.duration(&l, "queue_timeout", QUEUE_TIMEOUT),
         },
-        None => Limits {
-            max_connections: None,
-            on_limit: OnLimit::Queue,
-            queue_timeout: QUEUE_TIMEOUT,
-        },
+        None => Limits { max_connections: None, on_limit: OnLimit::Queue, queue_timeout: QUEUE_TIMEOUT },
     };
-    ServiceRead {
-        path: s.path,
-        name,
-        listen,
-        pool,
-        mode,
-        timeouts,
-        limits,
-        retries,
-    }
+    ServiceRead { path: s.path, name, listen, pool, mode, timeouts, limits, retries }
 }
 
 fn max_connections(r: &mut Report, l: &Section) -> Option<u32> {
     let n = r.integer(l, "max_connections")?;
     if n.value < 1 {
-        let message = format!(
-            "{} {} is below 1; leave it out for no limit",
-            l.key("max_connections"),
-            n.value
-        );
+        let message =
+            format!("{} {} is below 1; leave it out for no limit", l.key("max_connections"), n.value);
         r.error(n.line, &l.path, message);
         return None;
     }
@@ -190,43 +158,22 @@ pub(super) struct BackendRead<'d> {
 }
 
 /// `[[pool]]` number `index` (0-based; messages count from 1).
-pub(super) fn pool<'d>(
-    r: &mut Report,
-    table: Located<&'d dyn TableLike>,
-    index: usize,
-) -> PoolRead<'d> {
+pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index: usize) -> PoolRead<'d> {
     let path = label("pool", table.value, index);
     let s = r.section(path, "", table.value, table.line, POOL_KEYS);
     r.require(&s, &["name"]);
     let name = name(r, &s);
-    let algorithm = r
-        .choice(&s, "algorithm", ALGORITHMS)
-        .unwrap_or(Algorithm::RoundRobin);
-    let max_idle_per_backend = bounded(r, &s, "max_idle_per_backend", 0, i64::from(u32::MAX))
-        .unwrap_or(MAX_IDLE_PER_BACKEND);
+    let algorithm = r.choice(&s, "algorithm", ALGORITHMS).unwrap_or(Algorithm::RoundRobin);
+    let max_idle_per_backend =
+        bounded(r, &s, "max_idle_per_backend", 0, i64::from(u32::MAX)).unwrap_or(MAX_IDLE_PER_BACKEND);
 
     let reported = r.error_count();
     let tables = r.tables(&s, "backend");
     if tables.is_empty() && r.error_count() == reported {
-        r.error_on(
-            s.line,
-            &s.path,
-            "has no backends; add at least one [[pool.backend]] table",
-        );
+        r.error_on(s.line, &s.path, "has no backends; add at least one [[pool.backend]] table");
     }
-    let backends = tables
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| backend(r, &s.path, t, i))
-        .collect();
-    PoolRead {
-        path: s.path,
-        line: s.line,
-        name,
-        algorithm,
-        max_idle_per_backend,
-        backends,
-    }
+    let backends = tables.into_iter().enumerate().map(|(i, t)| backend(r, &s.path, t, i)).collect();
+    PoolRead { path: s.path, line: s.line, name, algorithm, max_idle_per_backend, backends }
 }
 
 fn backend<'d>(
@@ -239,9 +186,7 @@ fn backend<'d>(
     let s = r.section(path, "", table.value, table.line, BACKEND_KEYS);
     r.require(&s, &["name", "address"]);
     let name = name(r, &s);
-    let address = r
-        .string(&s, "address")
-        .and_then(|a| socket_addr(r, &s, "address", a, false));
+    let address = r.string(&s, "address").and_then(|a| socket_addr(r, &s, "address", a, false));
     let weight = match r.integer(&s, "weight") {
         Some(w) if w.value == 0 => {
             let message = format!(
@@ -254,12 +199,7 @@ fn backend<'d>(
         Some(_) => bounded(r, &s, "weight", 1, MAX_WEIGHT),
         None => None,
     };
-    BackendRead {
-        path: s.path,
-        name,
-        address,
-        weight: weight.unwrap_or(1),
-    }
+    BackendRead { path: s.path, name, address, weight: weight.unwrap_or(1) }
 }
 
 /// `name`, which must not be empty.
@@ -275,11 +215,7 @@ fn name<'d>(r: &mut Report, s: &Section<'d>) -> Option<Located<&'d str>> {
 /// The words naming a table in messages: by its name when it has a usable
 /// one, else by its 1-based position.
 fn label(kind: &str, table: &dyn TableLike, index: usize) -> String {
-    match table
-        .get("name")
-        .and_then(Item::as_str)
-        .filter(|n| !n.is_empty())
-    {
+    match table.get("name").and_then(Item::as_str).filter(|n| !n.is_empty()) {
         Some(name) => format!("{kind} {name:?}"),
         None => format!("{kind} {}", index + 1),
     }
@@ -289,19 +225,11 @@ fn label(kind: &str, table: &dyn TableLike, index: usize) -> String {
 fn bounded<T: TryFrom<i64>>(r: &mut Report, s: &Section, key: &str, lo: i64, hi: i64) -> Option<T> {
     let n = r.integer(s, key)?;
     if n.value < lo {
-        r.error(
-            n.line,
-            &s.path,
-            format!("{} {} is below the minimum of {lo}", s.key(key), n.value),
-        );
+        r.error(n.line, &s.path, format!("{} {} is below the minimum of {lo}", s.key(key), n.value));
         return None;
     }
     if n.value > hi {
-        r.error(
-            n.line,
-            &s.path,
-            format!("{} {} is over the maximum of {hi}", s.key(key), n.value),
-        );
+        r.error(n.line, &s.path, format!("{} {} is over the maximum of {hi}", s.key(key), n.value));
         return None;
     }
     T::try_from(n.value).ok()
@@ -318,20 +246,13 @@ fn socket_addr(
 ) -> Option<SocketAddr> {
     match parse_socket_addr(text.value) {
         Ok(address) if address.port() == 0 && !port_0_ok => {
-            let message = format!(
-                "{key} {:?} has port 0; give the port the backend listens on",
-                text.value
-            );
+            let message = format!("{key} {:?} has port 0; give the port the backend listens on", text.value);
             r.error(text.line, &s.path, message);
             None
         }
         Ok(address) => Some(address),
         Err(problem) => {
-            r.error(
-                text.line,
-                &s.path,
-                format!("{key} {:?} {problem}", text.value),
-            );
+            r.error(text.line, &s.path, format!("{key} {:?} {problem}", text.value));
             None
         }
     }
@@ -339,32 +260,22 @@ fn socket_addr(
 
 /// Parses `IP:port` (IPv4, or `[IPv6]:port`); on failure, says what is wrong
 /// in words that follow the quoted address.
-pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     const LIKE: &str = r#"write IP:port, like "10.0.0.1:80" or "[::1]:80""#;
     if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok(address);
     }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         let example = SocketAddr::new(ip, 80).to_string();
         return Err(format!("has no port; write IP:port, like {example:?}"));
     }
     let (host, port) = text.rsplit_once(':').unwrap_or((text, ""));
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     let is_hostname = host.contains(|c: char| c.is_ascii_alphabetic())
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if is_hostname {
-        return Err(format!(
-            "names a host; hostnames are not supported yet, {LIKE}"
-        ));
+        return Err(format!("names a host; hostnames are not supported yet, {LIKE}"));
     }
     if host.parse::<IpAddr>().is_ok() {
         return Err(match port {

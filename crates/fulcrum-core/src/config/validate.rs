@@ -21,18 +21,10 @@ pub(super) fn model(
     if services.is_empty() {
         r.error(None, "", "no service is defined; add a [[service]] table");
     }
-    unique_names(
-        r,
-        "service",
-        services.iter().map(|s| (s.path.as_str(), s.name)),
-    );
+    unique_names(r, "service", services.iter().map(|s| (s.path.as_str(), s.name)));
     unique_names(r, "pool", pools.iter().map(|p| (p.path.as_str(), p.name)));
     for pool in &pools {
-        unique_names(
-            r,
-            "backend",
-            pool.backends.iter().map(|b| (b.path.as_str(), b.name)),
-        );
+        unique_names(r, "backend", pool.backends.iter().map(|b| (b.path.as_str(), b.name)));
     }
     let pool_ids = resolve_pools(r, &services, &pools);
     listen_collisions(r, admin.as_ref(), &services);
@@ -42,11 +34,7 @@ pub(super) fn model(
     Some(Model {
         admin: admin.map(|a| a.value),
         runtime,
-        services: services
-            .into_iter()
-            .zip(pool_ids)
-            .map(build_service)
-            .collect::<Option<_>>()?,
+        services: services.into_iter().zip(pool_ids).map(build_service).collect::<Option<_>>()?,
         pools: pools.into_iter().map(build_pool).collect::<Option<_>>()?,
     })
 }
@@ -62,11 +50,7 @@ fn unique_names<'d>(
         let Some(name) = name else { continue };
         match first.get(name.value) {
             Some(line) => {
-                let message = format!(
-                    "name {:?} is already used by the {kind}{}",
-                    name.value,
-                    at(*line)
-                );
+                let message = format!("name {:?} is already used by the {kind}{}", name.value, at(*line));
                 r.error(name.line, path, message);
             }
             None => {
@@ -78,11 +62,7 @@ fn unique_names<'d>(
 
 /// The pool id of each service (in order), reporting services that name a
 /// missing pool and warning about pools no service names.
-fn resolve_pools(
-    r: &mut Report,
-    services: &[ServiceRead],
-    pools: &[PoolRead],
-) -> Vec<Option<PoolId>> {
+fn resolve_pools(r: &mut Report, services: &[ServiceRead], pools: &[PoolRead]) -> Vec<Option<PoolId>> {
     let mut ids: HashMap<&str, PoolId> = HashMap::new();
     for (i, pool) in pools.iter().enumerate() {
         if let Some(name) = pool.name {
@@ -100,11 +80,7 @@ fn resolve_pools(
                     used.insert(id);
                 }
                 None => {
-                    let message = format!(
-                        "pool {:?} is not defined ({})",
-                        wanted.value,
-                        defined(pools)
-                    );
+                    let message = format!("pool {:?} is not defined ({})", wanted.value, defined(pools));
                     r.error(wanted.line, &service.path, message);
                 }
             }
@@ -142,29 +118,15 @@ fn listen_collisions(r: &mut Report, admin: Option<&Located<Admin>>, services: &
     // (owner, owner's path, address); owner 0 is the admin API, i + 1 service i.
     let mut listeners: Vec<(usize, &str, Located<SocketAddr>)> = Vec::new();
     if let Some(admin) = admin {
-        listeners.push((
-            0,
-            "admin",
-            Located {
-                value: admin.value.listen,
-                line: admin.line,
-            },
-        ));
+        listeners.push((0, "admin", Located { value: admin.value.listen, line: admin.line }));
     }
     for (i, service) in services.iter().enumerate() {
-        listeners.extend(
-            service
-                .listen
-                .iter()
-                .map(|l| (i + 1, service.path.as_str(), *l)),
-        );
+        listeners.extend(service.listen.iter().map(|l| (i + 1, service.path.as_str(), *l)));
     }
     listeners.sort_by_key(|(_, _, l)| (l.line.is_none(), l.line));
 
     for (j, (owner, path, this)) in listeners.iter().enumerate() {
-        let earlier = listeners[..j]
-            .iter()
-            .find(|(_, _, other)| collide(this.value, other.value));
+        let earlier = listeners[..j].iter().find(|(_, _, other)| collide(this.value, other.value));
         let Some((other_owner, other_path, other)) = earlier else {
             continue;
         };
@@ -172,22 +134,13 @@ fn listen_collisions(r: &mut Report, admin: Option<&Located<Admin>>, services: &
         let message = match (other_owner == owner, this.value == other.value) {
             (true, true) => format!("listen {} is given twice (first{first})", this.value),
             (true, false) => {
-                format!(
-                    "listen {} collides with listen {}{first}",
-                    this.value, other.value
-                )
+                format!("listen {} collides with listen {}{first}", this.value, other.value)
             }
             (false, true) => {
-                format!(
-                    "listen {} is already used by {other_path}{first}",
-                    this.value
-                )
+                format!("listen {} is already used by {other_path}{first}", this.value)
             }
             (false, false) => {
-                format!(
-                    "listen {} collides with listen {} of {other_path}{first}",
-                    this.value, other.value
-                )
+                format!("listen {} collides with listen {} of {other_path}{first}", this.value, other.value)
             }
         };
         r.error(this.line, path, message);

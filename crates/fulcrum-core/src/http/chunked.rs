@@ -27,14 +27,23 @@ pub enum ChunkError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Reading a chunk-size line, `seen` bytes of it so far.
-    Size { seen: usize, phase: SizePhase },
+    Size {
+        seen: usize,
+        phase: SizePhase,
+    },
     /// Inside chunk data, this many bytes left.
     Data(u64),
     /// Expecting the CRLF that ends chunk data; `cr` once its CR is read.
-    DataEnd { cr: bool },
+    DataEnd {
+        cr: bool,
+    },
     /// Reading trailer lines after the last chunk: `line` bytes of the
     /// current one, `total` of all, `cr` once the current line's CR is read.
-    Trailers { line: usize, total: usize, cr: bool },
+    Trailers {
+        line: usize,
+        total: usize,
+        cr: bool,
+    },
     Done,
 }
 

@@ -1,7 +1,7 @@
 //! Parsing request and response heads with `httparse`, then deciding framing
 //! and connection semantics by RFC 9112's rules.
 
-use super::{has_token, BodyKind, Header, HeadError, Version};
+use super::{has_token, BodyKind, HeadError, Header, Version};
 use super::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_REQUEST_LINE};
 
 /// A parsed request head with its framing decided.
@@ -67,9 +67,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     if method == "CONNECT" {
         return Err(HeadError::MethodNotAllowed);
     }
-    if !(target.starts_with('/') || target.starts_with("http://") || target.starts_with("https://"))
-        && !(target == "*" && method == "OPTIONS")
-    {
+    let origin_or_absolute =
+        target.starts_with('/') || target.starts_with("http://") || target.starts_with("https://");
+    let asterisk = target == "*" && method == "OPTIONS";
+    if !(origin_or_absolute || asterisk) {
         return Err(HeadError::Malformed("invalid request target"));
     }
     let hosts = headers.iter().filter(|h| h.is("host")).count();
@@ -78,9 +79,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     }
 
     let body = match (transfer_encoding(&headers)?, content_length(&headers)?) {
-        (Some(_), Some(_)) => {
-            return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding"))
-        }
+        (Some(_), Some(_)) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
         (Some(_), None) if version == Version::Http10 => {
             return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"))
         }
@@ -244,7 +243,7 @@ fn transfer_encoding(headers: &[Header]) -> Result<Option<bool>, HeadError> {
     let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
     match codings.iter().filter(|c| chunked(c)).count() {
         0 => Ok(Some(false)),
-        1 if codings.last().is_some_and(|c| chunked(&c)) => Ok(Some(codings.len() == 1)),
+        1 if codings.last().is_some_and(chunked) => Ok(Some(codings.len() == 1)),
         _ => Err(HeadError::Malformed("invalid Transfer-Encoding")),
     }
 }

@@ -12,9 +12,7 @@ mod rewrite;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use head::{parse_request, parse_response, RequestHead, ResponseHead};
-pub use rewrite::{
-    error_response, write_request_head, write_response_head, ClientInfo, ResponseFraming,
-};
+pub use rewrite::{error_response, write_request_head, write_response_head, ClientInfo, ResponseFraming};
 
 /// Most header fields accepted in one message head (431 beyond).
 pub const MAX_HEADERS: usize = 100;
@@ -91,9 +89,7 @@ impl Header {
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// RFC 9110 §9.2.2: a request that may be sent twice with the same effect.

@@ -87,8 +87,7 @@ impl WeightedRoundRobin {
         let divisor = backends.iter().fold(0, |g, b| gcd(g, b.weight)).max(1);
         let weights: Vec<u32> = backends.iter().map(|b| b.weight / divisor).collect();
         let sequence = smooth_sequence(&weights);
-        let mut slots: Vec<Vec<usize>> =
-            weights.iter().map(|&w| Vec::with_capacity(w as usize)).collect();
+        let mut slots: Vec<Vec<usize>> = weights.iter().map(|&w| Vec::with_capacity(w as usize)).collect();
         for (slot, id) in sequence.iter().enumerate() {
             slots[id.0].push(slot);
         }
@@ -96,11 +95,7 @@ impl WeightedRoundRobin {
     }
 
     /// The first eligible entry after `slot`, as (backend, distance from `slot`).
-    fn next_eligible(
-        &self,
-        slot: usize,
-        eligible: &dyn Fn(BackendId) -> bool,
-    ) -> Option<(BackendId, usize)> {
+    fn next_eligible(&self, slot: usize, eligible: &dyn Fn(BackendId) -> bool) -> Option<(BackendId, usize)> {
         let period = self.sequence.len();
         for distance in 1..=PROBE.min(period - 1) {
             let id = self.sequence[(slot + distance) % period];
@@ -210,11 +205,7 @@ mod tests {
             .collect()
     }
 
-    fn picks(
-        wrr: &WeightedRoundRobin,
-        count: usize,
-        eligible: &dyn Fn(BackendId) -> bool,
-    ) -> Vec<usize> {
+    fn picks(wrr: &WeightedRoundRobin, count: usize, eligible: &dyn Fn(BackendId) -> bool) -> Vec<usize> {
         (0..count).map(|_| wrr.pick(0, eligible).map_or(usize::MAX, |id| id.0)).collect()
     }
 

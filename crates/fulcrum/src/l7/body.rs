@@ -110,7 +110,11 @@ where
 }
 
 /// Reads more into `buf` (up to `READ_CHUNK` at once); 0 means EOF.
-pub async fn fill<R: AsyncRead + Unpin>(src: &mut R, buf: &mut BytesMut, idle: Duration) -> Result<usize, CopyError> {
+pub async fn fill<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<usize, CopyError> {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
@@ -121,7 +125,12 @@ pub async fn fill<R: AsyncRead + Unpin>(src: &mut R, buf: &mut BytesMut, idle: D
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(dst: &mut W, data: &[u8], encode: Encode, idle: Duration) -> Result<(), CopyError> {
+async fn send<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    data: &[u8],
+    encode: Encode,
+    idle: Duration,
+) -> Result<(), CopyError> {
     if data.is_empty() {
         return Ok(());
     }

@@ -53,7 +53,13 @@ enum Failure {
 
 /// Serves one http-mode client connection until it closes, idles out, or
 /// Fulcrum shuts down (between requests).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, service: &ServiceRuntime, shutdown: &CancellationToken) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    service: &ServiceRuntime,
+    shutdown: &CancellationToken,
+) {
     let mut client = Client { stream, buf: BytesMut::with_capacity(8 * 1024) };
     let info = ClientInfo { client: peer, listener: local };
     loop {
@@ -189,7 +195,8 @@ async fn exchange(
     }
 
     let framing = ResponseFraming::decide(response.body, head.version);
-    let keep_client = head.keep_alive && request_done && framing != ResponseFraming::Close && !shutdown.is_cancelled();
+    let keep_client =
+        head.keep_alive && request_done && framing != ResponseFraming::Close && !shutdown.is_cancelled();
     let mut out = Vec::with_capacity(512);
     write_response_head(&response, framing, head.version, keep_client, &mut out);
     // A small response whose body is already read goes out in one write.
@@ -205,7 +212,9 @@ async fn exchange(
         return Next::Close;
     }
     let encode = if framing == ResponseFraming::Chunked { Encode::Chunked } else { Encode::Raw };
-    if let Err(e) = body::copy(&mut up.stream, &mut bbuf, &mut client.stream, body_kind, encode, t.backend_response).await {
+    if let Err(e) =
+        body::copy(&mut up.stream, &mut bbuf, &mut client.stream, body_kind, encode, t.backend_response).await
+    {
         // Never pretend a broken response finished: closing tells the client.
         if e.is_sender() {
             let name = &service.pool.backend(backend).name;
@@ -289,7 +298,11 @@ async fn send_request(
 
 /// Reads until a whole response head is in `buf`. `Err(None)` is a close or
 /// reset, `Err(Some(why))` a malformed head. Cancel-safe: bytes read stay in `buf`.
-async fn read_head<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, method: &str) -> Result<ResponseHead, Option<String>> {
+async fn read_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    method: &str,
+) -> Result<ResponseHead, Option<String>> {
     loop {
         if !buf.is_empty() {
             match parse_response(buf, method) {

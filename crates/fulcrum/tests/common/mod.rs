@@ -160,12 +160,19 @@ impl Fulcrum {
 /// A configuration with one service `web` of `mode` on 127.0.0.1:0 over
 /// `backends`, plus `service_extra` lines inside the service table and
 /// `pool_extra` lines inside the pool table.
-pub fn config(mode: &str, backends: &[(&str, SocketAddr, u32)], service_extra: &str, pool_extra: &str) -> String {
+pub fn config(
+    mode: &str,
+    backends: &[(&str, SocketAddr, u32)],
+    service_extra: &str,
+    pool_extra: &str,
+) -> String {
     let mut c = format!(
         "[[service]]\nname = \"web\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"{mode}\"\npool = \"web\"\n{service_extra}\n\n[[pool]]\nname = \"web\"\n{pool_extra}\n"
     );
     for (name, addr, weight) in backends {
-        c.push_str(&format!("\n[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\nweight = {weight}\n"));
+        c.push_str(&format!(
+            "\n[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\nweight = {weight}\n"
+        ));
     }
     c
 }
@@ -193,7 +200,9 @@ pub fn read_response(s: &mut TcpStream) -> String {
     let head = String::from_utf8_lossy(&buf).into_owned();
     let len = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>())
+        })
         .and_then(Result::ok)
         .unwrap_or(0);
     let mut body = vec![0u8; len];
@@ -264,7 +273,9 @@ fn serve_recorded(mut s: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         heads.lock().expect("lock").push(head.clone());
         let reply: &[u8] = if lower.contains("upgrade: websocket") {
             // Switch protocols, then echo bytes until the client half-closes.
-            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+            let _ = s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            );
             let _ = s.write_all(&buf);
             let mut b = [0u8; 4096];
             while let Ok(n @ 1..) = s.read(&mut b) {

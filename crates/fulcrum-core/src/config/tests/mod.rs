@@ -36,10 +36,7 @@ pub(super) fn loaded(text: &str) -> Loaded {
 
 pub(super) fn errors(text: &str) -> Vec<String> {
     match load(text) {
-        Ok(loaded) => panic!(
-            "expected errors, got a valid model: {}",
-            loaded.model.summary()
-        ),
+        Ok(loaded) => panic!("expected errors, got a valid model: {}", loaded.model.summary()),
         Err(errors) => messages(&errors),
     }
 }
@@ -58,10 +55,7 @@ pub(super) fn assert_errors(text: &str, expected: &[&str]) {
 #[track_caller]
 pub(super) fn assert_error_contains(text: &str, part: &str) {
     let errors = errors(text);
-    assert!(
-        errors.iter().any(|e| e.contains(part)),
-        "no error contains {part:?}: {errors:#?}"
-    );
+    assert!(errors.iter().any(|e| e.contains(part)), "no error contains {part:?}: {errors:#?}");
 }
 
 #[test]
@@ -71,10 +65,7 @@ fn the_minimal_file_gets_every_default() {
     assert_eq!(model.runtime.shutdown_grace, Duration::from_secs(10));
     let service = &model.services[0];
     assert_eq!(service.name, "web");
-    assert_eq!(
-        service.listen,
-        vec!["127.0.0.1:8080".parse().expect("literal")]
-    );
+    assert_eq!(service.listen, vec!["127.0.0.1:8080".parse().expect("literal")]);
     assert_eq!(service.mode, Mode::Http);
     assert_eq!(service.pool, PoolId(0));
     assert_eq!(service.retries, 2);
@@ -130,10 +121,7 @@ fn every_key_is_read() {
     "#;
     let loaded = loaded(text);
     let model = loaded.model;
-    assert_eq!(
-        model.admin.map(|a| a.listen),
-        Some("127.0.0.1:9900".parse().expect("literal"))
-    );
+    assert_eq!(model.admin.map(|a| a.listen), Some("127.0.0.1:9900".parse().expect("literal")));
     assert_eq!(model.runtime.shutdown_grace, Duration::from_secs(2));
     let service = &model.services[0];
     assert_eq!(service.listen.len(), 2);
@@ -151,23 +139,14 @@ fn every_key_is_read() {
     let pool = &model.pools[1];
     assert_eq!(pool.algorithm, Algorithm::WeightedRoundRobin);
     assert_eq!(pool.max_idle_per_backend, 0);
-    assert_eq!(
-        pool.backends[0].address,
-        "[2001:db8::1]:5432".parse().expect("literal")
-    );
+    assert_eq!(pool.backends[0].address, "[2001:db8::1]:5432".parse().expect("literal"));
     assert_eq!(pool.backends[0].weight, 256);
-    assert_eq!(
-        loaded.warnings,
-        [r#"line 19: pool "unused" is not used by any service"#]
-    );
+    assert_eq!(loaded.warnings, [r#"line 19: pool "unused" is not used by any service"#]);
 }
 
 #[test]
 fn summary_counts_with_singular_and_plural() {
-    assert_eq!(
-        loaded(VALID).model.summary(),
-        "1 service, 1 pool, 2 backends"
-    );
+    assert_eq!(loaded(VALID).model.summary(), "1 service, 1 pool, 2 backends");
     let two = format!(
         "{VALID}{}",
         r#"
@@ -181,14 +160,8 @@ name = "api"
 backend = [{ name = "api1", address = "127.0.0.1:9101" }]
 "#
     );
-    assert_eq!(
-        loaded(&two).model.summary(),
-        "2 services, 2 pools, 3 backends"
-    );
-    let one = VALID.replace(
-        "  [[pool.backend]]\n  name = \"web2\"\n  address = \"127.0.0.1:9002\"\n",
-        "",
-    );
+    assert_eq!(loaded(&two).model.summary(), "2 services, 2 pools, 3 backends");
+    let one = VALID.replace("  [[pool.backend]]\n  name = \"web2\"\n  address = \"127.0.0.1:9002\"\n", "");
     assert_eq!(loaded(&one).model.summary(), "1 service, 1 pool, 1 backend");
 }
 
@@ -196,20 +169,16 @@ backend = [{ name = "api1", address = "127.0.0.1:9101" }]
 fn the_choice_words_match_the_model_spelling() {
     for word in schema::MODES {
         assert!(
-            serde::Deserialize::deserialize(StrDeserializer::new(word))
-                .map(|_: Mode| ())
-                .is_ok(),
+            serde::Deserialize::deserialize(StrDeserializer::new(word)).map(|_: Mode| ()).is_ok(),
             "{word}"
         );
     }
     for word in schema::ALGORITHMS {
-        let parsed: Result<Algorithm, _> =
-            serde::Deserialize::deserialize(StrDeserializer::new(word));
+        let parsed: Result<Algorithm, _> = serde::Deserialize::deserialize(StrDeserializer::new(word));
         assert!(parsed.is_ok(), "{word}");
     }
     for word in schema::ON_LIMITS {
-        let parsed: Result<OnLimit, _> =
-            serde::Deserialize::deserialize(StrDeserializer::new(word));
+        let parsed: Result<OnLimit, _> = serde::Deserialize::deserialize(StrDeserializer::new(word));
         assert!(parsed.is_ok(), "{word}");
     }
 }
@@ -218,12 +187,10 @@ type StrDeserializer<'a> = serde::de::value::StrDeserializer<'a, serde::de::valu
 
 #[test]
 fn an_unused_pool_is_a_warning_not_an_error() {
-    let spare = "\n[[pool]]\nname = \"spare\"\n  [[pool.backend]]\n  name = \"s1\"\n  address = \"127.0.0.1:9100\"\n";
+    let spare =
+        "\n[[pool]]\nname = \"spare\"\n  [[pool.backend]]\n  name = \"s1\"\n  address = \"127.0.0.1:9100\"\n";
     let loaded = loaded(&format!("{VALID}{spare}"));
-    assert_eq!(
-        loaded.warnings,
-        [r#"line 16: pool "spare" is not used by any service"#]
-    );
+    assert_eq!(loaded.warnings, [r#"line 16: pool "spare" is not used by any service"#]);
     assert_eq!(loaded.model.pools.len(), 2);
 }
 
@@ -272,14 +239,7 @@ fn an_error_keeps_its_parts_apart() {
     };
     assert_eq!(errors[0].line, Some(5));
     assert_eq!(errors[0].path, r#"service "web""#);
-    assert_eq!(
-        errors[0].message,
-        r#"service "web": pool "nope" is not defined (pools defined: "web")"#
-    );
-    let whole = ConfigError {
-        line: None,
-        path: String::new(),
-        message: "no service".into(),
-    };
+    assert_eq!(errors[0].message, r#"service "web": pool "nope" is not defined (pools defined: "web")"#);
+    let whole = ConfigError { line: None, path: String::new(), message: "no service".into() };
     assert_eq!(whole.to_string(), "no service");
 }

@@ -28,25 +28,15 @@ fn mutate(text: &str, edits: &[(prop::sample::Index, u8, prop::sample::Index)]) 
     let mut chars: Vec<char> = text.chars().collect();
     for (at, op, pick) in edits {
         let at = at.index(chars.len() + 1);
-        let line_start = chars[..at]
-            .iter()
-            .rposition(|c| *c == '\n')
-            .map_or(0, |p| p + 1);
-        let line_end = chars[at..]
-            .iter()
-            .position(|c| *c == '\n')
-            .map_or(chars.len(), |p| at + p);
+        let line_start = chars[..at].iter().rposition(|c| *c == '\n').map_or(0, |p| p + 1);
+        let line_end = chars[at..].iter().position(|c| *c == '\n').map_or(chars.len(), |p| at + p);
         match op % 5 {
             0 => {
                 let end = (at + 1 + pick.index(8)).min(chars.len());
                 chars.drain(at..end);
             }
             1 => {
-                let line: Vec<char> = chars[line_start..line_end]
-                    .iter()
-                    .copied()
-                    .chain(['\n'])
-                    .collect();
+                let line: Vec<char> = chars[line_start..line_end].iter().copied().chain(['\n']).collect();
                 chars.splice(line_start..line_start, line);
             }
             2 => {
@@ -72,10 +62,7 @@ fn assert_lines_inside(text: &str) {
     if let Err(errors) = load(text) {
         assert!(!errors.is_empty());
         for error in errors {
-            assert!(
-                error.line.is_none_or(|l| (1..=lines).contains(&l)),
-                "{error} in a {lines}-line file"
-            );
+            assert!(error.line.is_none_or(|l| (1..=lines).contains(&l)), "{error} in a {lines}-line file");
         }
     }
 }

@@ -1,0 +1,143 @@
+//! `fulcrum check -c FILE`, run as a user would: the exit code, the summary
+//! on stdout, every error and warning on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `fulcrum check -c path`.
+fn check(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("the fulcrum binary runs")
+}
+
+/// Writes `text` to `name` in `dir` and runs `fulcrum check` on it.
+fn check_text(dir: &Path, name: &str, text: &str) -> (Output, PathBuf) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("the config file is written");
+    (check(&path), path)
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+const VALID: &str = r#"
+[[service]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+mode = "http"
+pool = "web"
+
+[[pool]]
+name = "web"
+algorithm = "weighted_round_robin"
+backend = [
+  { name = "web1", address = "127.0.0.1:9001", weight = 2 },
+  { name = "web2", address = "127.0.0.1:9002" },
+  { name = "web3", address = "127.0.0.1:9003" },
+]
+"#;
+
+#[test]
+fn a_valid_file_passes_with_its_summary() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, path) = check_text(dir.path(), "fulcrum.toml", VALID);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let expected = format!("{}: ok, 1 service, 1 pool, 3 backends", path.display());
+    assert_eq!(stdout(&output).trim(), expected);
+    assert_eq!(stderr(&output), "", "a clean file prints no warning");
+}
+
+#[test]
+fn every_error_is_reported_with_its_key_path_and_line() {
+    let text = r#"[[service]]
+name = "api"
+listn = ["127.0.0.1:8080"]
+mode = "http"
+pool = "nope"
+
+[[pool]]
+name = "web"
+  [[pool.backend]]
+  name = "web1"
+  address = "10.0.0.1:80"
+  [[pool.backend]]
+  address = "10.0.0.1"
+  weight = 0
+"#;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, path) = check_text(dir.path(), "broken.toml", text);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "", "no summary for a broken file");
+    let stderr = stderr(&output);
+    let expected = [
+        r#"error: line 1: service "api": missing required key "listen""#,
+        r#"error: line 3: service "api": unknown key "listn", did you mean "listen"?"#,
+        r#"error: line 5: service "api": pool "nope" is not defined (pools defined: "web")"#,
+        r#"error: line 12: pool "web" backend 2: missing required key "name""#,
+        r#"error: line 13: pool "web" backend 2: address "10.0.0.1" has no port"#,
+        r#"error: line 14: pool "web" backend 2: weight 0 is not allowed"#,
+        "use target state drain instead",
+    ];
+    for part in expected {
+        assert!(stderr.contains(part), "stderr lacks {part:?}:\n{stderr}");
+    }
+    let total = format!("{}: 6 error(s)", path.display());
+    assert!(stderr.contains(&total), "stderr lacks {total:?}:\n{stderr}");
+}
+
+#[test]
+fn an_unreadable_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = dir.path().join("missing.toml");
+    let output = check(&missing);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr(&output);
+    assert!(stderr.contains(&missing.display().to_string()), "stderr: {stderr}");
+
+    // A directory exists but cannot be read as a file.
+    let output = check(dir.path());
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = self::stderr(&output);
+    let expected = format!("error: cannot read {}", dir.path().display());
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+}
+
+#[test]
+fn an_unused_pool_is_a_warning_and_still_passes() {
+    let text = format!(
+        "{VALID}\n[[pool]]\nname = \"spare\"\nbackend = [{{ name = \"s1\", address = \"127.0.0.1:9100\" }}]\n"
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, _) = check_text(dir.path(), "spare.toml", &text);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert!(stdout(&output).contains(": ok, 1 service, 2 pools, 4 backends"));
+    assert_eq!(stderr(&output).trim(), r#"warning: line 17: pool "spare" is not used by any service"#);
+}
+
+#[test]
+fn every_example_passes_check() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&examples).expect("the examples directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let output = check(&path);
+            assert!(
+                output.status.success() && output.stderr.is_empty(),
+                "{} fails check:\n{}",
+                path.display(),
+                stderr(&output)
+            );
+            checked.push(path);
+        }
+    }
+    assert!(checked.len() >= 2, "expected quickstart.toml and tcp.toml, found {checked:?}");
+}

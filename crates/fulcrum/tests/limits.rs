@@ -1,0 +1,76 @@
+//! Connection limits and timeouts, black-box.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{config, raw, read_response, Backend, Fulcrum};
+
+fn held_connection(f: &Fulcrum) -> TcpStream {
+    let mut s = TcpStream::connect(f.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    s
+}
+
+#[test]
+fn over_the_limit_is_refused_then_recovers() {
+    let b = Backend::start("b");
+    let limits = "[service.limits]\nmax_connections = 2\non_limit = \"refuse\"";
+    let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], limits, ""), 1);
+    let first = held_connection(&f);
+    let _second = held_connection(&f);
+    let out = raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 503 ") && out.contains("connection limit"), "{out}");
+    drop(first);
+    // The slot frees once Fulcrum sees the close; retry until it has (bounded).
+    let ok = (0..200).any(|_| {
+        let out = raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        if !out.starts_with("HTTP/1.1 200") {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out.starts_with("HTTP/1.1 200")
+    });
+    assert!(ok, "a freed slot is reused");
+}
+
+#[test]
+fn over_the_limit_waits_in_the_queue() {
+    let b = Backend::start("b");
+    let limits = "[service.limits]\nmax_connections = 1\non_limit = \"queue\"\nqueue_timeout = \"10s\"";
+    let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], limits, ""), 1);
+    let holder = held_connection(&f);
+    let mut waiter = TcpStream::connect(f.addr()).expect("connect");
+    waiter.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+    // Held, not refused and not served, while the only slot is taken.
+    waiter.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let mut byte = [0u8; 1];
+    let held = waiter.read(&mut byte);
+    assert!(held.is_err(), "the queued connection got an answer while the slot was taken: {held:?}");
+    drop(holder);
+    waiter.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let out = read_response(&mut waiter);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[test]
+fn a_slow_request_head_gets_408() {
+    let b = Backend::start("b");
+    let t = "[service.timeouts]\nrequest_headers = \"300ms\"";
+    let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], t, ""), 1);
+    let out = raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n");
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    let b = Backend::start("b");
+    let t = "[service.timeouts]\nclient_idle = \"300ms\"";
+    let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], t, ""), 1);
+    let mut s = held_connection(&f);
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).expect("closed by Fulcrum before the 10 s read timeout"), 0);
+}
