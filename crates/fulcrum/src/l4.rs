@@ -76,6 +76,10 @@ pub async fn tunnel(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io:
 }
 
 /// Whether tunnels use splice(2) rather than copying through user space.
+/// Measured on this 2-core machine, 2 GiB through a tcp service, 3 rounds
+/// (release build, one worker): splice 1.76/2.27/2.11 GB/s against copying
+/// 1.65/1.55/1.61 GB/s, with less proxy CPU. Copying stays for builds where
+/// splice is not wanted (flip this and rebuild to compare).
 const SPLICE: bool = true;
 
 /// Copies `r` into `w` until EOF, then shuts `w` down for writing.
