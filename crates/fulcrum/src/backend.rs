@@ -45,11 +45,12 @@ pub fn main(listen: SocketAddr, name: &str) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let stop = crate::shutdown::signal();
         let address = listener.local_addr().map_or(listen, |a| a);
         println!("listening backend={name} address={address}");
         tokio::select! {
             () = serve(listener, Arc::from(name)) => {}
-            () = crate::shutdown::signal() => {}
+            () = stop => {}
         }
         ExitCode::SUCCESS
     })

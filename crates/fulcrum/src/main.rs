@@ -53,26 +53,13 @@ fn main() -> ExitCode {
 /// `fulcrum check`: every error on stderr (each naming its key path), a
 /// one-line summary on stdout when the file is valid.
 fn check(path: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    match fulcrum_core::config::load(&text) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            println!("{}: ok, {}", path.display(), loaded.model.summary());
+    match fulcrum::run::load(path) {
+        Ok(model) => {
+            println!("{}: ok, {}", path.display(), model.summary());
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("error: {error}");
-            }
-            eprintln!("{}: {} error(s)", path.display(), errors.len());
+        Err(n) => {
+            eprintln!("{}: {n} error(s)", path.display());
             ExitCode::FAILURE
         }
     }

@@ -12,36 +12,40 @@ use tokio_util::task::TaskTracker;
 /// Runs the load balancer from the configuration file at `path`.
 pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
     init_logging();
-    let Some(model) = load(path) else { return ExitCode::FAILURE };
+    let model = match load(path) {
+        Ok(model) => model,
+        Err(n) => {
+            eprintln!("{}: {n} error(s), not started", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let Some(runtime) = runtime(workers) else { return ExitCode::FAILURE };
-    let code = runtime.block_on(serve(model, crate::shutdown::signal()));
+    let code = runtime.block_on(async { serve(model, crate::shutdown::signal()).await });
     // Sessions still running after the grace period are cut here.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
 }
 
-/// Reads and validates a configuration file, printing every error.
-pub fn load(path: &Path) -> Option<Model> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", path.display());
-            return None;
-        }
-    };
+/// Reads and validates a configuration file, printing every warning and
+/// every error to stderr (each naming its line and key path). `Err` carries
+/// the number of errors (0 when the file could not be read).
+pub fn load(path: &Path) -> Result<Model, usize> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("error: cannot read {}: {e}", path.display());
+        0usize
+    })?;
     match fulcrum_core::config::load(&text) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            Some(loaded.model)
+            Ok(loaded.model)
         }
         Err(errors) => {
             for e in &errors {
                 eprintln!("error: {e}");
             }
-            eprintln!("{}: {} error(s), not started", path.display(), errors.len());
-            None
+            Err(errors.len())
         }
     }
 }
@@ -65,6 +69,8 @@ pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
 /// on stdout, serves until `stop` resolves, then lets in-flight sessions
 /// finish for up to the grace period.
 pub async fn serve(model: Model, stop: impl Future<Output = ()>) -> ExitCode {
+    // Before anything is announced: a SIGHUP from then on must find the handler.
+    ignore_hangup();
     let bound = match crate::server::bind(&model) {
         Ok(b) => b,
         Err(e) => {
@@ -97,6 +103,19 @@ pub async fn serve(model: Model, stop: impl Future<Output = ()>) -> ExitCode {
         tracing::warn!(sessions = sessions.len(), "grace period over, cutting the remaining sessions");
     }
     ExitCode::SUCCESS
+}
+
+/// SIGHUP's default action kills the process, and operators send it expecting
+/// a reload: until reload exists, keep serving and say so.
+fn ignore_hangup() {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP received: reload is not supported yet, configuration unchanged");
+        }
+    });
 }
 
 pub fn init_logging() {
