@@ -27,6 +27,23 @@ pub enum Mode {
 pub enum Algorithm {
     RoundRobin,
     WeightedRoundRobin,
+    LeastConnections,
+    LeastLoad,
+    RandomTwoChoices,
+    SourceHash,
+    Maglev,
+}
+
+/// What the operator asked a backend to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Takes new sessions.
+    Enabled,
+    /// Takes no new sessions; existing ones and sticky clients finish.
+    Drain,
+    /// Takes nothing new.
+    Disabled,
 }
 
 /// What a service does with a connection over its `max_connections`.
@@ -104,6 +121,64 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// Most idle keep-alive connections kept per backend for reuse.
     pub max_idle_per_backend: usize,
+    /// The active check (`[pool.health]`).
+    pub health: HealthCheck,
+    /// Passive checks: outlier ejection on real sessions' failures (`[pool.passive]`).
+    pub passive: PassiveCheck,
+    /// A backend coming up ramps its effective weight over this long; `None` is off.
+    pub slow_start: Option<Duration>,
+}
+
+/// How a pool probes its backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// Time between probes of one backend.
+    pub interval: Duration,
+    /// Each interval is lengthened by a random share of up to this, so probes spread out.
+    pub jitter: Duration,
+    /// A probe not answered within this fails.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckKind {
+    /// No active check: backends are up unless ejected by passive checks.
+    None,
+    /// A TCP connect.
+    Tcp,
+    Http(HttpCheck),
+    /// The backend's load agent (its `agent` address) answers for it.
+    Agent,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpCheck {
+    pub method: String,
+    pub path: String,
+    /// Statuses that pass, inclusive (default 200..=399).
+    pub expect_status: (u16, u16),
+    /// If set, the response body must contain this.
+    pub body_contains: Option<String>,
+    /// The Host header sent; default the backend's address.
+    pub host: Option<String>,
+}
+
+/// Outlier detection on real traffic (connect failures and 5xx responses).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassiveCheck {
+    /// Consecutive failures that eject a backend; 0 turns passive checks off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each repeat offence doubles it.
+    pub ejection: Duration,
+    /// The longest an ejection grows to.
+    pub max_ejection: Duration,
+    /// Never eject more than this share of a pool's backends at once.
+    pub max_ejected_percent: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -113,4 +188,10 @@ pub struct Backend {
     pub address: SocketAddr,
     /// 1..=256; a backend that should take nothing is drained, not weighted 0.
     pub weight: u32,
+    /// The target state at start (`state` in config, default enabled).
+    pub state: TargetState,
+    /// Most concurrent sessions; `None` is unlimited.
+    pub max_connections: Option<u32>,
+    /// The address of the load agent on this backend's host, if any.
+    pub agent: Option<SocketAddr>,
 }

@@ -95,7 +95,7 @@ impl PoolRuntime {
         let mut failed: Vec<BackendId> = Vec::new();
         let mut attempts = String::new();
         for _ in 0..=opts.retries {
-            let Some(id) = self.selector.pick(opts.key, &|b| !failed.contains(&b)) else {
+            let Some(id) = self.selector.pick(opts.key, &|b: BackendId| !failed.contains(&b)) else {
                 break;
             };
             if let Some(within) = opts.reuse_within {

@@ -177,6 +177,10 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
             name: b.name?.value.to_owned(),
             address: b.address?,
             weight: b.weight,
+            // Placeholders until the keys are read (issue 3 in progress).
+            state: crate::model::TargetState::Enabled,
+            max_connections: None,
+            agent: None,
         })
     });
     Some(Pool {
@@ -184,5 +188,20 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
         algorithm: p.algorithm,
         backends: backends.collect::<Option<_>>()?,
         max_idle_per_backend: p.max_idle_per_backend,
+        health: crate::model::HealthCheck {
+            kind: crate::model::CheckKind::None,
+            interval: std::time::Duration::from_secs(2),
+            jitter: std::time::Duration::from_millis(200),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        },
+        passive: crate::model::PassiveCheck {
+            consecutive_failures: 0,
+            ejection: std::time::Duration::from_secs(10),
+            max_ejection: std::time::Duration::from_secs(300),
+            max_ejected_percent: 50,
+        },
+        slow_start: None,
     })
 }

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Selector;
+use super::{PoolView, Selector};
 use crate::model::{Backend, BackendId};
 
 /// Round robin over a pool's backends, skipping the ineligible ones.
@@ -39,7 +39,8 @@ impl RoundRobin {
 impl Selector for RoundRobin {
     /// Returns the next eligible backend in turn, or `None` when none is
     /// eligible. Calls `eligible` at most once per backend; `key` is unused.
-    fn pick(&self, _key: u64, eligible: &dyn Fn(BackendId) -> bool) -> Option<BackendId> {
+    fn pick(&self, _key: u64, view: &dyn PoolView) -> Option<BackendId> {
+        let eligible = &|id| view.eligible(id);
         if self.len == 0 {
             return None;
         }
@@ -92,7 +93,7 @@ mod tests {
     }
 
     fn picks(rr: &RoundRobin, count: usize, eligible: &dyn Fn(BackendId) -> bool) -> Vec<usize> {
-        (0..count).map(|_| rr.pick(0, eligible).map_or(usize::MAX, |id| id.0)).collect()
+        (0..count).map(|_| rr.pick(0, &eligible).map_or(usize::MAX, |id| id.0)).collect()
     }
 
     #[test]
@@ -105,14 +106,14 @@ mod tests {
     fn single_backend_takes_every_pick_while_eligible() {
         let rr = RoundRobin::new(&pool(1));
         assert_eq!(picks(&rr, 3, &|_| true), [0, 0, 0]);
-        assert_eq!(rr.pick(0, &|_| false), None);
-        assert_eq!(rr.pick(0, &|_| true), Some(BackendId(0)));
+        assert_eq!(rr.pick(0, &|_: BackendId| false), None);
+        assert_eq!(rr.pick(0, &|_: BackendId| true), Some(BackendId(0)));
     }
 
     #[test]
     fn empty_pool_picks_nothing() {
         let rr = RoundRobin::new(&[]);
-        assert_eq!(rr.pick(0, &|_| true), None);
+        assert_eq!(rr.pick(0, &|_: BackendId| true), None);
     }
 
     #[test]
@@ -127,7 +128,7 @@ mod tests {
         let rr = RoundRobin::new(&pool(50));
         let calls = Cell::new(0);
         for _ in 0..100 {
-            rr.pick(0, &|_| {
+            rr.pick(0, &|_: BackendId| {
                 calls.set(calls.get() + 1);
                 true
             });
@@ -147,7 +148,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut counts = [0usize; BACKENDS];
                     for _ in 0..PICKS {
-                        if let Some(id) = rr.pick(0, &|_| true) {
+                        if let Some(id) = rr.pick(0, &|_: BackendId| true) {
                             counts[id.0] += 1;
                         }
                     }
@@ -181,7 +182,7 @@ mod tests {
             let rr = RoundRobin::new(&pool(len));
             picks(&rr, warmup, &|_| true);
             for _ in 0..2 * len {
-                if let Some(id) = rr.pick(0, &|id| mask[id.0]) {
+                if let Some(id) = rr.pick(0, &|id: BackendId| mask[id.0]) {
                     prop_assert!(mask[id.0], "picked ineligible {id:?}");
                 }
             }
@@ -196,7 +197,7 @@ mod tests {
             picks(&rr, warmup, &|_| true);
             let any_eligible = mask.iter().any(|&e| e);
             for _ in 0..2 * len {
-                prop_assert_eq!(rr.pick(0, &|id| mask[id.0]).is_some(), any_eligible);
+                prop_assert_eq!(rr.pick(0, &|id: BackendId| mask[id.0]).is_some(), any_eligible);
             }
         }
 

@@ -45,7 +45,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Selector;
+use super::{PoolView, Selector};
 use crate::model::{Backend, BackendId};
 
 /// How many table entries after an ineligible one a pick tries in turn before
@@ -127,7 +127,8 @@ impl Selector for WeightedRoundRobin {
     /// Returns the next eligible backend in NGINX's smooth order, or `None`
     /// when none is eligible. Calls `eligible` at most `1 + PROBE + backends`
     /// times, once when the backend in turn is eligible; `key` is unused.
-    fn pick(&self, _key: u64, eligible: &dyn Fn(BackendId) -> bool) -> Option<BackendId> {
+    fn pick(&self, _key: u64, view: &dyn PoolView) -> Option<BackendId> {
+        let eligible = &|id| view.eligible(id);
         let period = self.sequence.len();
         if period == 0 {
             return None;
@@ -206,7 +207,7 @@ mod tests {
     }
 
     fn picks(wrr: &WeightedRoundRobin, count: usize, eligible: &dyn Fn(BackendId) -> bool) -> Vec<usize> {
-        (0..count).map(|_| wrr.pick(0, eligible).map_or(usize::MAX, |id| id.0)).collect()
+        (0..count).map(|_| wrr.pick(0, &eligible).map_or(usize::MAX, |id| id.0)).collect()
     }
 
     fn letters(ids: &[usize]) -> String {
@@ -244,14 +245,14 @@ mod tests {
     fn single_backend_takes_every_pick_while_eligible() {
         let wrr = WeightedRoundRobin::new(&pool(&[7]));
         assert_eq!(picks(&wrr, 10, &|_| true), [0; 10]);
-        assert_eq!(wrr.pick(0, &|_| false), None);
-        assert_eq!(wrr.pick(0, &|_| true), Some(BackendId(0)));
+        assert_eq!(wrr.pick(0, &|_: BackendId| false), None);
+        assert_eq!(wrr.pick(0, &|_: BackendId| true), Some(BackendId(0)));
     }
 
     #[test]
     fn empty_pool_picks_nothing() {
         let wrr = WeightedRoundRobin::new(&[]);
-        assert_eq!(wrr.pick(0, &|_| true), None);
+        assert_eq!(wrr.pick(0, &|_: BackendId| true), None);
     }
 
     #[test]
@@ -296,7 +297,7 @@ mod tests {
         let wrr = WeightedRoundRobin::new(&pool(&weights));
         let calls = Cell::new(0);
         for _ in 0..10 {
-            let none = wrr.pick(0, &|_| {
+            let none = wrr.pick(0, &|_: BackendId| {
                 calls.set(calls.get() + 1);
                 false
             });
@@ -318,7 +319,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut counts = [0usize; 4];
                     for _ in 0..PERIODS * total {
-                        if let Some(id) = wrr.pick(0, &|_| true) {
+                        if let Some(id) = wrr.pick(0, &|_: BackendId| true) {
                             counts[id.0] += 1;
                         }
                     }
@@ -350,7 +351,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut counts = [0usize; 4];
                     for _ in 0..PICKS {
-                        if let Some(id) = wrr.pick(0, &|id| id.0 != 0) {
+                        if let Some(id) = wrr.pick(0, &|id: BackendId| id.0 != 0) {
                             counts[id.0] += 1;
                         }
                     }
@@ -397,7 +398,7 @@ mod tests {
             let wrr = WeightedRoundRobin::new(&pool(&weights));
             picks(&wrr, warmup, &|_| true);
             for _ in 0..200 {
-                if let Some(id) = wrr.pick(0, &|id| mask[id.0]) {
+                if let Some(id) = wrr.pick(0, &|id: BackendId| mask[id.0]) {
                     prop_assert!(mask[id.0], "picked ineligible {:?}", id);
                 }
             }
@@ -412,7 +413,7 @@ mod tests {
             picks(&wrr, warmup, &|_| true);
             let any_eligible = mask.iter().any(|&e| e);
             for _ in 0..200 {
-                prop_assert_eq!(wrr.pick(0, &|id| mask[id.0]).is_some(), any_eligible);
+                prop_assert_eq!(wrr.pick(0, &|id: BackendId| mask[id.0]).is_some(), any_eligible);
             }
         }
 
@@ -425,7 +426,7 @@ mod tests {
             picks(&wrr, warmup, &|_| true);
             for _ in 0..200 {
                 let calls = Cell::new(0usize);
-                wrr.pick(0, &|id| {
+                wrr.pick(0, &|id: BackendId| {
                     calls.set(calls.get() + 1);
                     mask[id.0]
                 });
