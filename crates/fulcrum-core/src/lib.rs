@@ -4,7 +4,9 @@
 //! number generator: time and seeds come in as arguments, decisions go out as
 //! return values. The daemon (`crates/fulcrum`) is the I/O shell around it.
 
+pub mod agent;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod model;
 pub mod select;

@@ -195,3 +195,19 @@ pub struct Backend {
     /// The address of the load agent on this backend's host, if any.
     pub agent: Option<SocketAddr>,
 }
+
+impl Backend {
+    /// A backend with the defaults of an unconfigured key: enabled, no
+    /// connection limit, no agent. For tests and built-in configurations.
+    pub fn new(id: usize, name: &str, address: SocketAddr, weight: u32) -> Backend {
+        Backend {
+            id: BackendId(id),
+            name: name.to_owned(),
+            address,
+            weight,
+            state: TargetState::Enabled,
+            max_connections: None,
+            agent: None,
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub async fn serve(mut client: TcpStream, service: &ServiceRuntime) {
             return;
         }
     };
+    service.pool.session_ok(upstream.backend);
     let _session = service.pool.open_session(upstream.backend);
     if let Err(e) = tunnel(&mut client, &mut upstream.stream, service.timeouts.client_idle).await {
         tracing::debug!(service = %service.name, error = %e, "tcp session ended with an error");

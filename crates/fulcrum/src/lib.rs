@@ -1,6 +1,8 @@
 //! The Fulcrum daemon: the tokio shell around `fulcrum-core`.
 
+pub mod agent;
 pub mod backend;
+pub mod check;
 pub mod demo;
 pub mod l4;
 pub mod l7;

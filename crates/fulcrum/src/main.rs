@@ -38,6 +38,21 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// The load agent for a backend host: reports what the host can take as JSON (GET /report).
+    Agent {
+        /// The address to serve the report on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The network interface to report (default: the first non-loopback one with a link speed, else lo).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Sessions this host can take, passed to the balancer's load score.
+        #[arg(long)]
+        capacity: Option<u64>,
+        /// A file whose first word (up, drain, down) is the operator state, read on every report.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +62,9 @@ fn main() -> ExitCode {
         Command::Run { config, workers } => fulcrum::run::main(&config, workers),
         Command::Demo => fulcrum::demo::main(),
         Command::Backend { listen, name } => fulcrum::backend::main(listen, &name),
+        Command::Agent { listen, interface, capacity, state_file } => {
+            fulcrum::agent::main(fulcrum::agent::Options { listen, interface, capacity, state_file })
+        }
     }
 }
 

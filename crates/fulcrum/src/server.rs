@@ -30,6 +30,8 @@ pub struct ServiceRuntime {
 /// Every listener of a configuration, bound and not yet serving.
 pub struct Bound {
     pub listeners: Vec<(Arc<ServiceRuntime>, TcpListener)>,
+    /// Every pool, whether a service uses it or not (its checks still run).
+    pub pools: Vec<Arc<PoolRuntime>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,7 @@ pub fn bind(model: &Model) -> Result<Bound, BindError> {
             listeners.push((service.clone(), listener));
         }
     }
-    Ok(Bound { listeners })
+    Ok(Bound { listeners, pools })
 }
 
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
@@ -80,6 +82,9 @@ impl Bound {
     /// Runs every accept loop until `shutdown` is cancelled; connections are
     /// spawned on `sessions` so the caller can wait for them to finish.
     pub async fn serve(self, shutdown: CancellationToken, sessions: TaskTracker) {
+        for pool in &self.pools {
+            crate::check::spawn(pool, &shutdown);
+        }
         let mut loops = Vec::new();
         for (service, listener) in self.listeners {
             loops.push(tokio::spawn(accept_loop(listener, service, shutdown.clone(), sessions.clone())));

@@ -3,12 +3,14 @@
 //! reuse.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fulcrum_core::model::{BackendId, Pool};
-use fulcrum_core::select::{self, Selector};
+use fulcrum_core::agent::{AgentReport, AgentState};
+use fulcrum_core::health::{current_state, BackendHealth, Change, CurrentState, Health};
+use fulcrum_core::model::{BackendId, HealthCheck, PassiveCheck, Pool, TargetState};
+use fulcrum_core::select::{self, PoolView, Selector};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
@@ -19,14 +21,43 @@ pub struct PoolRuntime {
     selector: Box<dyn Selector>,
     /// Most idle connections kept per backend; beyond it a finished one is closed.
     max_idle: usize,
+    /// The active check the checker runs (`check.rs`).
+    pub check: HealthCheck,
+    passive: PassiveCheck,
+    slow_start: Option<Duration>,
+    /// The clock health decisions read: `now` is the time since this instant.
+    epoch: Instant,
 }
 
 /// One backend's live state; owned by the pool so it outlives selector rebuilds.
+/// The data path reads only atomics; the health machine behind them is locked
+/// by the checker and by failed sessions, never by a successful pick.
 pub struct BackendRuntime {
     pub name: String,
     pub address: SocketAddr,
+    pub weight: u32,
+    pub max_connections: Option<u32>,
+    /// The load agent on this backend's host.
+    pub agent: Option<SocketAddr>,
     /// Sessions (tcp connections, http exchanges) now open on this backend.
     pub sessions: AtomicU64,
+    /// `health` says up (and not ejected).
+    up: AtomicBool,
+    /// The operator's target state (`TargetState` as u8).
+    target: AtomicU8,
+    /// The agent's reported state (`AgentState` as u8): drain or down stop new sessions.
+    agent_state: AtomicU8,
+    /// The weight to balance with now (slow start), refreshed by the checker.
+    effective_weight: AtomicU32,
+    /// The agent's load score as f64 bits; NaN without a report.
+    load: AtomicU64,
+    /// A failed session is on record, so a success must take the lock to reset it.
+    failing: AtomicBool,
+    /// Whether the agent answered last time (0 not yet asked, 1 yes, 2 no), to log changes once.
+    agent_reachable: AtomicU8,
+    health: Mutex<BackendHealth>,
+    /// The agent's last report, for operators.
+    report: Mutex<Option<AgentReport>>,
     /// Idle keep-alive connections, most recently used last. A short lock:
     /// a push or pop per request, never held across an await.
     idle: Mutex<Vec<Idle>>,
@@ -76,12 +107,145 @@ impl PoolRuntime {
                 .map(|b| BackendRuntime {
                     name: b.name.clone(),
                     address: b.address,
+                    weight: b.weight,
+                    max_connections: b.max_connections,
+                    agent: b.agent,
                     sessions: AtomicU64::new(0),
+                    up: AtomicBool::new(true),
+                    target: AtomicU8::new(b.state as u8),
+                    agent_state: AtomicU8::new(AgentState::Up as u8),
+                    effective_weight: AtomicU32::new(b.weight),
+                    load: AtomicU64::new(f64::NAN.to_bits()),
+                    failing: AtomicBool::new(false),
+                    agent_reachable: AtomicU8::new(0),
+                    health: Mutex::new(BackendHealth::new(&pool.health, &pool.passive)),
+                    report: Mutex::new(None),
                     idle: Mutex::new(Vec::new()),
                 })
                 .collect(),
             selector: select::build(pool.algorithm, &pool.backends),
             max_idle: pool.max_idle_per_backend,
+            check: pool.health.clone(),
+            passive: pool.passive.clone(),
+            slow_start: pool.slow_start,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The health clock's reading.
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Whether `id` may take a new session now.
+    pub fn eligible(&self, id: BackendId) -> bool {
+        let b = self.backend(id);
+        b.up.load(Ordering::Relaxed)
+            && b.target.load(Ordering::Relaxed) == TargetState::Enabled as u8
+            && b.agent_state.load(Ordering::Relaxed) == AgentState::Up as u8
+            && b.max_connections.is_none_or(|m| b.sessions.load(Ordering::Relaxed) < u64::from(m))
+    }
+
+    /// An active check's verdict on `id` (`Err` says why it failed).
+    pub fn check_result(&self, id: BackendId, result: Result<String, String>) {
+        let now = self.now();
+        let change = self.backend(id).lock_health().check_result(result, now);
+        self.apply(id, change);
+    }
+
+    /// Time passes for `id`: ends ejections, moves slow start on.
+    pub fn tick(&self, id: BackendId) {
+        let now = self.now();
+        let b = self.backend(id);
+        let (change, weight) = {
+            let mut h = b.lock_health();
+            let change = h.tick(now);
+            (change, h.effective_weight(b.weight, self.slow_start, now))
+        };
+        b.effective_weight.store(weight, Ordering::Relaxed);
+        self.apply(id, change);
+    }
+
+    /// A real session on `id` went well.
+    pub fn session_ok(&self, id: BackendId) {
+        let b = self.backend(id);
+        if b.failing.load(Ordering::Relaxed) && b.failing.swap(false, Ordering::Relaxed) {
+            b.lock_health().session_ok();
+        }
+    }
+
+    /// A real session on `id` failed (connect failure, reset, 5xx, timeout).
+    pub fn session_failed(&self, id: BackendId, why: &str) {
+        let b = self.backend(id);
+        b.failing.store(true, Ordering::Relaxed);
+        let down = self.backends.iter().filter(|b| !b.up.load(Ordering::Relaxed)).count();
+        let cap = self.backends.len() * self.passive.max_ejected_percent as usize / 100;
+        let now = self.now();
+        let change = b.lock_health().session_failed(why, now, down < cap);
+        self.apply(id, change);
+    }
+
+    /// Records the agent's report (`Err`: why the agent could not be read).
+    pub fn agent_report(&self, id: BackendId, report: Result<AgentReport, String>) {
+        let b = self.backend(id);
+        let reachable = if report.is_ok() { 1 } else { 2 };
+        if b.agent_reachable.swap(reachable, Ordering::Relaxed) != reachable {
+            match &report {
+                Ok(r) => {
+                    tracing::info!(pool = %self.name, backend = %b.name, load = fulcrum_core::agent::load_score(r), "agent reachable")
+                }
+                Err(why) => {
+                    tracing::warn!(pool = %self.name, backend = %b.name, error = %why, "agent unreachable")
+                }
+            }
+        }
+        let report = report.ok();
+        let (state, load) = match &report {
+            Some(r) => (r.state, fulcrum_core::agent::load_score(r)),
+            None => (AgentState::Up, f64::NAN),
+        };
+        let old = b.agent_state.swap(state as u8, Ordering::Relaxed);
+        if old != state as u8 {
+            tracing::info!(pool = %self.name, backend = %b.name, agent_state = ?state, "agent state changed");
+        }
+        b.load.store(load.to_bits(), Ordering::Relaxed);
+        *b.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+
+    /// Sets what the operator wants of `id`.
+    pub fn set_target(&self, id: BackendId, target: TargetState) {
+        let b = self.backend(id);
+        let old = b.target.swap(target as u8, Ordering::Relaxed);
+        if old != target as u8 {
+            tracing::info!(pool = %self.name, backend = %b.name, target = ?target, "target state changed");
+        }
+    }
+
+    /// The backend's state as operators see it: health and why, current state.
+    pub fn status(&self, id: BackendId) -> (Health, String, CurrentState) {
+        let b = self.backend(id);
+        let (health, reason) = {
+            let h = b.lock_health();
+            (h.health(), h.reason().to_owned())
+        };
+        (health, reason, current_state(b.target_state(), b.sessions.load(Ordering::Relaxed)))
+    }
+
+    /// Publishes a health change: the atomic the data path reads, one log
+    /// line with the reason, and the selector's feedback hook.
+    fn apply(&self, id: BackendId, change: Option<Change>) {
+        let Some(change) = change else { return };
+        let b = self.backend(id);
+        b.up.store(change.health == Health::Up, Ordering::Relaxed);
+        match change.health {
+            Health::Up => {
+                tracing::info!(pool = %self.name, backend = %b.name, reason = %change.reason, "backend is up");
+                self.selector.backend_up(id);
+            }
+            Health::Down => {
+                tracing::warn!(pool = %self.name, backend = %b.name, reason = %change.reason, "backend is down");
+                self.selector.backend_down(id);
+            }
         }
     }
 
@@ -95,7 +259,8 @@ impl PoolRuntime {
         let mut failed: Vec<BackendId> = Vec::new();
         let mut attempts = String::new();
         for _ in 0..=opts.retries {
-            let Some(id) = self.selector.pick(opts.key, &|b: BackendId| !failed.contains(&b)) else {
+            let view = View { pool: self, failed: &failed };
+            let Some(id) = self.selector.pick(opts.key, &view) else {
                 break;
             };
             if let Some(within) = opts.reuse_within {
@@ -108,6 +273,7 @@ impl PoolRuntime {
                 Ok(stream) => return Ok(Upstream { backend: id, stream, reused: false }),
                 Err(e) => {
                     tracing::warn!(pool = %self.name, backend = %backend.name, address = %backend.address, error = %e, "connect failed");
+                    self.session_failed(id, &format!("connect: {e}"));
                     if !attempts.is_empty() {
                         attempts.push_str("; ");
                     }
@@ -130,9 +296,17 @@ impl PoolRuntime {
         SessionGuard { pool: self, id }
     }
 
-    /// Returns a connection whose exchange ended cleanly to the idle pool.
-    pub fn release(&self, id: BackendId, stream: TcpStream) {
+    /// Returns a connection whose exchange ended cleanly to the idle pool,
+    /// closing pooled ones idle for `within` or longer.
+    pub fn release(&self, id: BackendId, stream: TcpStream, within: Duration) {
+        if self.max_idle == 0 {
+            return; // pooling off: dropping the stream closes it
+        }
         let mut idle = self.backend(id).idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Oldest first: expired ones would otherwise sit in CLOSE_WAIT under
+        // fresher ones until traffic stops.
+        let expired = idle.iter().take_while(|c| c.since.elapsed() >= within).count();
+        idle.drain(..expired);
         if idle.len() >= self.max_idle {
             // Drop the oldest: it is the likeliest to be closed by the backend.
             idle.remove(0);
@@ -169,8 +343,65 @@ pub struct SessionGuard<'a> {
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        self.pool.backend(self.id).sessions.fetch_sub(1, Ordering::Relaxed);
+        let b = self.pool.backend(self.id);
+        let left = b.sessions.fetch_sub(1, Ordering::Relaxed) - 1;
         self.pool.selector.session_closed(self.id);
+        if left == 0 && b.target_state() == TargetState::Drain {
+            tracing::info!(pool = %self.pool.name, backend = %b.name, "backend drained: no session left");
+        }
+    }
+}
+
+impl BackendRuntime {
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, BackendHealth> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is asked of the backend: the operator's target, made stricter by
+    /// its agent's state (an agent saying drain or down drains it).
+    pub fn target_state(&self) -> TargetState {
+        let agent = self.agent_state.load(Ordering::Relaxed);
+        match self.target.load(Ordering::Relaxed) {
+            t if t == TargetState::Disabled as u8 => TargetState::Disabled,
+            t if t == TargetState::Drain as u8 => TargetState::Drain,
+            _ if agent != AgentState::Up as u8 => TargetState::Drain,
+            _ => TargetState::Enabled,
+        }
+    }
+
+    /// The agent's last report, if any.
+    pub fn report(&self) -> Option<AgentReport> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The pool as its selector sees it during one connect: backends that
+/// already failed this session are not eligible again.
+struct View<'a> {
+    pool: &'a PoolRuntime,
+    failed: &'a [BackendId],
+}
+
+impl PoolView for View<'_> {
+    fn eligible(&self, id: BackendId) -> bool {
+        !self.failed.contains(&id) && self.pool.eligible(id)
+    }
+
+    fn sessions(&self, id: BackendId) -> u64 {
+        self.pool.backend(id).sessions.load(Ordering::Relaxed)
+    }
+
+    fn weight(&self, id: BackendId) -> u32 {
+        self.pool.backend(id).effective_weight.load(Ordering::Relaxed).max(1)
+    }
+
+    fn load(&self, id: BackendId) -> Option<f64> {
+        let load = f64::from_bits(self.pool.backend(id).load.load(Ordering::Relaxed));
+        (!load.is_nan()).then_some(load)
+    }
+
+    fn random(&self) -> u64 {
+        fastrand::u64(..)
     }
 }
 

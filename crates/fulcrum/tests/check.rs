@@ -84,12 +84,64 @@ name = "web"
         r#"error: line 12: pool "web" backend 2: missing required key "name""#,
         r#"error: line 13: pool "web" backend 2: address "10.0.0.1" has no port"#,
         r#"error: line 14: pool "web" backend 2: weight 0 is not allowed"#,
-        "use target state drain instead",
+        r#"set state = "drain" instead"#,
     ];
     for part in expected {
         assert!(stderr.contains(part), "stderr lacks {part:?}:\n{stderr}");
     }
     let total = format!("{}: 6 error(s)", path.display());
+    assert!(stderr.contains(&total), "stderr lacks {total:?}:\n{stderr}");
+}
+
+#[test]
+fn health_and_load_errors_come_out_together() {
+    let text = r#"[[service]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+mode = "http"
+pool = "web"
+
+[[pool]]
+name = "web"
+algorithm = "least_conn"
+  [pool.health]
+  kind = "agent"
+  timeout = "5s"
+  path = "/healthz"
+  [pool.passive]
+  max_ejected_percent = 150
+  [[pool.backend]]
+  name = "web1"
+  address = "127.0.0.1:9001"
+  state = "drained"
+  [[pool.backend]]
+  name = "web2"
+  address = "127.0.0.1:9002"
+  agent = "127.0.0.1:0"
+  max_conections = 10
+"#;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, path) = check_text(dir.path(), "health.toml", text);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "", "no summary for a broken file");
+    let stderr = stderr(&output);
+    let expected = [
+        r#"error: line 9: pool "web": algorithm "least_conn" is not one of "round_robin", "weighted_round_robin", "least_connections", "#,
+        r#"error: line 12: pool "web": health.timeout "5s" is longer than health.interval "2s" (the default)"#,
+        r#"error: line 13: pool "web": health.path is only for kind "http", but health.kind is "agent""#,
+        r#"error: line 15: pool "web": passive.max_ejected_percent 150 is over the maximum of 100"#,
+        r#"error: line 16: pool "web" backend "web1": health kind "agent" needs an agent address"#,
+        r#"error: line 19: pool "web" backend "web1": state "drained" is not one of "enabled", "drain", "disabled""#,
+        r#"error: line 23: pool "web" backend "web2": agent "127.0.0.1:0" has port 0"#,
+        r#"error: line 24: pool "web" backend "web2": unknown key "max_conections", did you mean "max_connections"?"#,
+    ];
+    let mut from = 0;
+    for part in expected {
+        let at = stderr[from..].find(part).map(|i| from + i);
+        assert!(at.is_some(), "stderr lacks {part:?} after byte {from}, in file order:\n{stderr}");
+        from = at.unwrap_or(from) + part.len();
+    }
+    let total = format!("{}: 8 error(s)", path.display());
     assert!(stderr.contains(&total), "stderr lacks {total:?}:\n{stderr}");
 }
 
@@ -139,5 +191,5 @@ fn every_example_passes_check() {
             checked.push(path);
         }
     }
-    assert!(checked.len() >= 2, "expected quickstart.toml and tcp.toml, found {checked:?}");
+    assert!(checked.len() >= 3, "expected quickstart.toml, tcp.toml and health.toml, found {checked:?}");
 }

@@ -298,3 +298,72 @@ fn a_gibibyte_each_way_keeps_memory_bounded() {
     eprintln!("peak RSS while streaming 1 GiB each way: {peak} KiB");
     assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} KiB");
 }
+
+/// A backend whose connections each answer one request, then read the next
+/// one whole, record it, and close without answering (a backend that dies
+/// mid-request on a reused connection).
+fn answers_once_per_connection() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+                for answer in [true, false] {
+                    let mut req = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        req.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&req).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: ").map(|v| v.parse().unwrap_or(0)))
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    let _ = s.read_exact(&mut body);
+                    log.lock().expect("lock").push(head.lines().next().unwrap_or("").to_owned());
+                    if answer {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn only_bodiless_idempotent_requests_are_sent_twice() {
+    let (addr, seen) = answers_once_per_connection();
+    let f =
+        Fulcrum::start(&config("http", &[("b", addr, 1)], "", "[pool.passive]\nconsecutive_failures = 0"), 1);
+    let mut s = TcpStream::connect(f.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /warm HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    assert!(read_response(&mut s).ends_with("ok"));
+    // The pooled connection takes the POST and dies: its body reached the backend, no replay.
+    s.write_all(b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc").expect("write");
+    let resp = read_response(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 502 "), "{resp}");
+    let posts = seen.lock().expect("lock").iter().filter(|l| l.starts_with("POST /pay")).count();
+    assert_eq!(posts, 1, "a non-idempotent request with a body was replayed");
+
+    let mut s = TcpStream::connect(f.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /warm2 HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    assert!(read_response(&mut s).ends_with("ok"));
+    // A GET without body that dies on the pooled connection is retried on a new one.
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let resp = read_response(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"), "{resp}");
+    let gets = seen.lock().expect("lock").iter().filter(|l| l.starts_with("GET /again")).count();
+    assert_eq!(gets, 2, "the idempotent request was sent once more on a fresh connection");
+}

@@ -9,10 +9,12 @@
 //! ```
 //!
 //! The text is parsed into `toml_edit`'s spanned document, then `schema`
-//! reads one table at a time and `validate` checks what spans tables. The
+//! reads one table at a time (`checks` the health and passive tables of a
+//! pool) and `validate` checks what spans tables. The
 //! schema itself (keys, types, defaults) is documented in
 //! `examples/quickstart.toml` and at the top of `schema.rs`.
 
+mod checks;
 mod read;
 mod schema;
 mod validate;

@@ -212,31 +212,48 @@ impl<'t> Report<'t> {
     /// A duration string (`"500ms"`, `"2s"`, `"30m"`); `default` when absent
     /// and, after an error, when malformed or zero.
     pub fn duration(&mut self, s: &Section<'_>, key: &str, default: Duration) -> Duration {
+        self.positive_duration(s, key, default).map_or(default, |d| d.value)
+    }
+
+    /// A duration that must not be zero, located; `None` when absent or
+    /// wrong. `default` is only named in the message about a zero.
+    pub fn positive_duration(
+        &mut self,
+        s: &Section<'_>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Located<Duration>> {
+        let found = self.any_duration(s, key)?;
+        if found.value.is_zero() {
+            let message = format!(
+                "{} is zero, which is always a mistake; give a positive duration (the default is {:?})",
+                s.key(key),
+                humantime::format_duration(default).to_string()
+            );
+            self.error(found.line, &s.path, message);
+            return None;
+        }
+        Some(found)
+    }
+
+    /// A duration string, zero included, located; `None` when absent or
+    /// malformed (after an error).
+    pub fn any_duration(&mut self, s: &Section<'_>, key: &str) -> Option<Located<Duration>> {
         const LIKE: &str = r#"a number and a unit, like "500ms", "2s" or "30m""#;
-        let Some(found) = self.get(s, key) else {
-            return default;
-        };
+        let found = self.get(s, key)?;
         let name = s.key(key);
         let Some(text) = found.value.as_str() else {
             let message =
                 format!("{name} must be a duration string ({LIKE}), found {}", kind_of(found.value));
             self.error(found.line, &s.path, message);
-            return default;
+            return None;
         };
         match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => {
-                let message = format!(
-                    "{name} is zero, which is always a mistake; give a positive duration (the default is {:?})",
-                    humantime::format_duration(default).to_string()
-                );
-                self.error(found.line, &s.path, message);
-                default
-            }
-            Ok(d) => d,
+            Ok(value) => Some(Located { value, line: found.line }),
             Err(e) => {
                 let message = format!("{name} {text:?} is not a duration ({e}); write {LIKE}");
                 self.error(found.line, &s.path, message);
-                default
+                None
             }
         }
     }
@@ -269,7 +286,7 @@ impl<'t> Report<'t> {
     }
 
     /// The item under `key` and its line (the value's, else the key's, else the table's).
-    fn get<'d>(&self, s: &Section<'d>, key: &str) -> Option<Located<&'d Item>> {
+    pub fn get<'d>(&self, s: &Section<'d>, key: &str) -> Option<Located<&'d Item>> {
         let (k, item) = s.table.get_key_value(key)?;
         let line = self.line(item.span()).or_else(|| self.line(k.span())).or(s.line);
         Some(Located { value: item, line })
@@ -296,6 +313,11 @@ impl Section<'_> {
     /// `key` as written from the thing's own table: `timeouts.connect`.
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    /// Whether the table has `key`, whatever its value.
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
     }
 }
 

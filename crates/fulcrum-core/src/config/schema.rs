@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use toml_edit::{Item, TableLike};
 
+use super::checks;
 use super::read::{Located, Report, Section};
-use crate::model::{Admin, Algorithm, Limits, Mode, OnLimit, Runtime, Timeouts};
+use crate::model::{
+    Admin, Algorithm, HealthCheck, Limits, Mode, OnLimit, PassiveCheck, Runtime, TargetState, Timeouts,
+};
 
 pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool"];
 const ADMIN_KEYS: &[&str] = &["listen"];
@@ -22,13 +25,24 @@ const SERVICE_KEYS: &[&str] = &["name", "listen", "mode", "pool", "retries", "ti
 const TIMEOUT_KEYS: &[&str] =
     &["connect", "client_idle", "backend_idle", "request_headers", "backend_response"];
 const LIMIT_KEYS: &[&str] = &["max_connections", "on_limit", "queue_timeout"];
-const POOL_KEYS: &[&str] = &["name", "algorithm", "max_idle_per_backend", "backend"];
-const BACKEND_KEYS: &[&str] = &["name", "address", "weight"];
+const POOL_KEYS: &[&str] =
+    &["name", "algorithm", "max_idle_per_backend", "slow_start", "health", "passive", "backend"];
+const BACKEND_KEYS: &[&str] = &["name", "address", "weight", "state", "max_connections", "agent"];
 
-/// The words of `Mode`, `Algorithm` and `OnLimit` as their serde derives spell them.
+/// The words of `Mode`, `Algorithm`, `OnLimit` and `TargetState` as their
+/// serde derives spell them.
 pub(super) const MODES: &[&str] = &["http", "tcp"];
-pub(super) const ALGORITHMS: &[&str] = &["round_robin", "weighted_round_robin"];
+pub(super) const ALGORITHMS: &[&str] = &[
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "least_load",
+    "random_two_choices",
+    "source_hash",
+    "maglev",
+];
 pub(super) const ON_LIMITS: &[&str] = &["queue", "refuse"];
+pub(super) const TARGET_STATES: &[&str] = &["enabled", "drain", "disabled"];
 
 /// Past ten, retries only multiply how long a client waits on a dead pool.
 const MAX_RETRIES: i64 = 10;
@@ -52,7 +66,7 @@ pub(super) fn admin(r: &mut Report, root: &Section) -> Option<Located<Admin>> {
     let s = r.named_section(root, "admin", ADMIN_KEYS)?;
     r.require(&s, &["listen"]);
     let listen = r.string(&s, "listen")?;
-    let address = socket_addr(r, &s, "listen", listen, true)?;
+    let address = socket_addr(r, &s, "listen", listen, None)?;
     Some(Located { value: Admin { listen: address }, line: listen.line })
 }
 
@@ -97,7 +111,7 @@ pub(super) fn service<'d>(
             r.error(list.line, &s.path, message);
         }
         for entry in list.value {
-            if let Some(address) = socket_addr(r, &s, "listen", entry, true) {
+            if let Some(address) = socket_addr(r, &s, "listen", entry, None) {
                 listen.push(Located { value: address, line: entry.line });
             }
         }
@@ -146,15 +160,26 @@ pub(super) struct PoolRead<'d> {
     pub name: Option<Located<&'d str>>,
     pub algorithm: Algorithm,
     pub max_idle_per_backend: usize,
+    pub slow_start: Option<Duration>,
+    pub health: HealthCheck,
+    pub passive: PassiveCheck,
     pub backends: Vec<BackendRead<'d>>,
 }
 
 pub(super) struct BackendRead<'d> {
     /// `pool "web" backend "web1"`, or `pool "web" backend 2` when it has no name.
     pub path: String,
+    /// The backend's table header.
+    pub line: Option<usize>,
     pub name: Option<Located<&'d str>>,
     pub address: Option<SocketAddr>,
     pub weight: u32,
+    pub state: TargetState,
+    pub max_connections: Option<u32>,
+    pub agent: Option<SocketAddr>,
+    /// Whether the file gives an `agent` key, right or wrong: a wrong one was
+    /// reported already, so a check that needs one says nothing more.
+    pub agent_given: bool,
 }
 
 /// `[[pool]]` number `index` (0-based; messages count from 1).
@@ -166,6 +191,9 @@ pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index:
     let algorithm = r.choice(&s, "algorithm", ALGORITHMS).unwrap_or(Algorithm::RoundRobin);
     let max_idle_per_backend =
         bounded(r, &s, "max_idle_per_backend", 0, i64::from(u32::MAX)).unwrap_or(MAX_IDLE_PER_BACKEND);
+    let slow_start = slow_start(r, &s);
+    let health = checks::health(r, &s);
+    let passive = checks::passive(r, &s);
 
     let reported = r.error_count();
     let tables = r.tables(&s, "backend");
@@ -173,7 +201,28 @@ pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index:
         r.error_on(s.line, &s.path, "has no backends; add at least one [[pool.backend]] table");
     }
     let backends = tables.into_iter().enumerate().map(|(i, t)| backend(r, &s.path, t, i)).collect();
-    PoolRead { path: s.path, line: s.line, name, algorithm, max_idle_per_backend, backends }
+    PoolRead {
+        path: s.path,
+        line: s.line,
+        name,
+        algorithm,
+        max_idle_per_backend,
+        slow_start,
+        health,
+        passive,
+        backends,
+    }
+}
+
+/// `slow_start`: `None` when absent. Zero is an error rather than "off", so
+/// that off is written one way: by leaving the key out.
+fn slow_start(r: &mut Report, s: &Section) -> Option<Duration> {
+    let found = r.any_duration(s, "slow_start")?;
+    if found.value.is_zero() {
+        r.error(found.line, &s.path, "slow_start is zero; leave it out for no slow start");
+        return None;
+    }
+    Some(found.value)
 }
 
 fn backend<'d>(
@@ -186,12 +235,12 @@ fn backend<'d>(
     let s = r.section(path, "", table.value, table.line, BACKEND_KEYS);
     r.require(&s, &["name", "address"]);
     let name = name(r, &s);
-    let address = r.string(&s, "address").and_then(|a| socket_addr(r, &s, "address", a, false));
+    let address = r.string(&s, "address").and_then(|a| socket_addr(r, &s, "address", a, Some("backend")));
     let weight = match r.integer(&s, "weight") {
         Some(w) if w.value == 0 => {
             let message = format!(
                 "weight 0 is not allowed (weights run 1..={MAX_WEIGHT}); \
-                 to send a backend no new sessions, use target state drain instead"
+                 to send a backend no new sessions, set state = \"drain\" instead"
             );
             r.error(w.line, &s.path, message);
             None
@@ -199,7 +248,21 @@ fn backend<'d>(
         Some(_) => bounded(r, &s, "weight", 1, MAX_WEIGHT),
         None => None,
     };
-    BackendRead { path: s.path, name, address, weight: weight.unwrap_or(1) }
+    let state = r.choice(&s, "state", TARGET_STATES).unwrap_or(TargetState::Enabled);
+    let max_connections = max_connections(r, &s);
+    let agent_given = s.has("agent");
+    let agent = r.string(&s, "agent").and_then(|a| socket_addr(r, &s, "agent", a, Some("agent")));
+    BackendRead {
+        path: s.path,
+        line: s.line,
+        name,
+        address,
+        weight: weight.unwrap_or(1),
+        state,
+        max_connections,
+        agent,
+        agent_given,
+    }
 }
 
 /// `name`, which must not be empty.
@@ -222,7 +285,13 @@ fn label(kind: &str, table: &dyn TableLike, index: usize) -> String {
 }
 
 /// An integer key within `lo..=hi`, converted to `T`; `None` when absent or wrong.
-fn bounded<T: TryFrom<i64>>(r: &mut Report, s: &Section, key: &str, lo: i64, hi: i64) -> Option<T> {
+pub(super) fn bounded<T: TryFrom<i64>>(
+    r: &mut Report,
+    s: &Section,
+    key: &str,
+    lo: i64,
+    hi: i64,
+) -> Option<T> {
     let n = r.integer(s, key)?;
     if n.value < lo {
         r.error(n.line, &s.path, format!("{} {} is below the minimum of {lo}", s.key(key), n.value));
@@ -236,22 +305,23 @@ fn bounded<T: TryFrom<i64>>(r: &mut Report, s: &Section, key: &str, lo: i64, hi:
 }
 
 /// Reads an `IP:port`, reporting what is wrong with it under `key`. Port 0
-/// (the OS picks) suits a listener, never a backend.
+/// (the OS picks) suits a listener, never an address Fulcrum connects to:
+/// `peer` names what listens there (`backend`, `agent`), `None` for a listener.
 fn socket_addr(
     r: &mut Report,
     s: &Section,
     key: &str,
     text: Located<&str>,
-    port_0_ok: bool,
+    peer: Option<&str>,
 ) -> Option<SocketAddr> {
-    match parse_socket_addr(text.value) {
-        Ok(address) if address.port() == 0 && !port_0_ok => {
-            let message = format!("{key} {:?} has port 0; give the port the backend listens on", text.value);
+    match (parse_socket_addr(text.value), peer) {
+        (Ok(address), Some(peer)) if address.port() == 0 => {
+            let message = format!("{key} {:?} has port 0; give the port the {peer} listens on", text.value);
             r.error(text.line, &s.path, message);
             None
         }
-        Ok(address) => Some(address),
-        Err(problem) => {
+        (Ok(address), _) => Some(address),
+        (Err(problem), _) => {
             r.error(text.line, &s.path, format!("{key} {:?} {problem}", text.value));
             None
         }

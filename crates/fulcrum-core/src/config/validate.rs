@@ -1,13 +1,13 @@
 //! Checks that take more than one entity — unique names, pools that exist,
-//! listen addresses that do not collide, pools that are used — and the
-//! assembly of the model once nothing is wrong.
+//! listen addresses that do not collide, pools that are used, agent checks
+//! with an agent to ask — and the assembly of the model once nothing is wrong.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use super::read::{Located, Report};
 use super::schema::{PoolRead, ServiceRead};
-use crate::model::{Admin, Backend, BackendId, Model, Pool, PoolId, Runtime, Service};
+use crate::model::{Admin, Backend, BackendId, CheckKind, Model, Pool, PoolId, Runtime, Service};
 
 /// Cross-checks what `schema` read and, when the whole file is free of
 /// errors, builds the model from it.
@@ -27,6 +27,7 @@ pub(super) fn model(
         unique_names(r, "backend", pool.backends.iter().map(|b| (b.path.as_str(), b.name)));
     }
     let pool_ids = resolve_pools(r, &services, &pools);
+    agents_present(r, &pools);
     listen_collisions(r, admin.as_ref(), &services);
     if r.has_errors() {
         return None;
@@ -111,6 +112,17 @@ fn defined(pools: &[PoolRead]) -> String {
     }
 }
 
+/// Reports each backend of a pool checked by `kind = "agent"` that has no
+/// agent to ask (one whose `agent` is wrong was reported already).
+fn agents_present(r: &mut Report, pools: &[PoolRead]) {
+    for pool in pools.iter().filter(|p| p.health.kind == CheckKind::Agent) {
+        for backend in pool.backends.iter().filter(|b| !b.agent_given) {
+            let message = r#"health kind "agent" needs an agent address; add agent = "IP:port" of the fulcrum agent on this backend's host"#;
+            r.error(backend.line, &backend.path, message);
+        }
+    }
+}
+
 /// Reports each listen address that could not be bound beside an earlier one
 /// (in file order): the same IP and port, or a wildcard IP (`0.0.0.0`, `[::]`)
 /// and any IP on the same port. Port 0 never collides: the OS picks a free one.
@@ -177,10 +189,9 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
             name: b.name?.value.to_owned(),
             address: b.address?,
             weight: b.weight,
-            // Placeholders until the keys are read (issue 3 in progress).
-            state: crate::model::TargetState::Enabled,
-            max_connections: None,
-            agent: None,
+            state: b.state,
+            max_connections: b.max_connections,
+            agent: b.agent,
         })
     });
     Some(Pool {
@@ -188,20 +199,8 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
         algorithm: p.algorithm,
         backends: backends.collect::<Option<_>>()?,
         max_idle_per_backend: p.max_idle_per_backend,
-        health: crate::model::HealthCheck {
-            kind: crate::model::CheckKind::None,
-            interval: std::time::Duration::from_secs(2),
-            jitter: std::time::Duration::from_millis(200),
-            timeout: std::time::Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-        },
-        passive: crate::model::PassiveCheck {
-            consecutive_failures: 0,
-            ejection: std::time::Duration::from_secs(10),
-            max_ejection: std::time::Duration::from_secs(300),
-            max_ejected_percent: 50,
-        },
-        slow_start: None,
+        health: p.health,
+        passive: p.passive,
+        slow_start: p.slow_start,
     })
 }

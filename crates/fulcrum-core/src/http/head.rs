@@ -34,6 +34,9 @@ pub struct ResponseHead {
     pub body: BodyKind,
     /// The backend will keep the connection open after this response.
     pub keep_alive: bool,
+    /// The body has transfer codings besides `chunked` (`gzip, chunked`):
+    /// only an HTTP/1.1 client can take it.
+    pub coded: bool,
     pub head_len: usize,
 }
 
@@ -43,6 +46,21 @@ pub struct ResponseHead {
 /// once complete (its body, if any, starts at `head_len`), or the error to
 /// answer the client with.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    // RFC 9112 §2.2: empty lines before a request line (a client's stray CRLF
+    // after a body) are skipped, and counted in `head_len`.
+    let skip = buf.chunks(2).take_while(|c| *c == b"\r\n").count() * 2;
+    Ok(parse_request_line_on(&buf[skip..])?.map(|mut head| {
+        head.head_len += skip;
+        head
+    }))
+}
+
+/// Methods whose case-insensitive lookalikes are refused: a backend that
+/// upper-cases `head` would frame the response differently than Fulcrum.
+const STANDARD_METHODS: [&str; 9] =
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT"];
+
+fn parse_request_line_on(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     let Some(head_end) = find_head_end(buf) else {
         return incomplete(buf, true).map(|()| None);
     };
@@ -64,6 +82,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     let target = req.path.unwrap_or_default().to_owned();
     let version = if req.version == Some(0) { Version::Http10 } else { Version::Http11 };
     let headers = collect(req.headers)?;
+    if STANDARD_METHODS.iter().any(|m| m.eq_ignore_ascii_case(&method) && *m != method) {
+        return Err(HeadError::Malformed("method names are case-sensitive; standard methods are upper case"));
+    }
     if method == "CONNECT" {
         return Err(HeadError::MethodNotAllowed);
     }
@@ -83,10 +104,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         (Some(_), None) if version == Version::Http10 => {
             return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"))
         }
-        (Some(true), None) => BodyKind::Chunked,
+        (Some(Codings::Chunked), None) => BodyKind::Chunked,
         // RFC 9112 §6.3: a request whose final coding is not chunked has no
         // reliable length; only chunked alone is forwarded.
-        (Some(false), None) => return Err(HeadError::UnsupportedCoding),
+        (Some(_), None) => return Err(HeadError::UnsupportedCoding),
         (None, Some(0)) | (None, None) => BodyKind::None,
         (None, Some(n)) => BodyKind::Length(n),
     };
@@ -150,8 +171,8 @@ pub fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>, 
         (false, Some(_), Some(_)) => {
             return Err(HeadError::Malformed("response has both Content-Length and Transfer-Encoding"))
         }
-        (false, Some(true), None) => BodyKind::Chunked,
-        (false, Some(false), None) => BodyKind::UntilClose,
+        (false, Some(Codings::Chunked | Codings::CodedThenChunked), None) => BodyKind::Chunked,
+        (false, Some(Codings::NotChunked), None) => BodyKind::UntilClose,
         (false, None, Some(n)) => BodyKind::Length(n),
         (false, None, None) => BodyKind::UntilClose,
     };
@@ -161,7 +182,8 @@ pub fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>, 
             Version::Http11 => !has_token(&connection, "close"),
             Version::Http10 => has_token(&connection, "keep-alive"),
         };
-    Ok(Some(ResponseHead { status, reason, version, headers, body, keep_alive, head_len: head_end }))
+    let coded = !no_body && te == Some(Codings::CodedThenChunked);
+    Ok(Some(ResponseHead { status, reason, version, headers, body, keep_alive, coded, head_len: head_end }))
 }
 
 /// Where the head ends (just past CRLFCRLF), if it is all in `buf`.
@@ -231,10 +253,19 @@ fn joined(headers: &[Header], name: &str) -> Vec<u8> {
     out
 }
 
-/// `Some(true)` if Transfer-Encoding is exactly `chunked`, `Some(false)` if it
-/// is present with anything else (a final non-chunked coding), `None` if absent.
-/// `chunked` twice, or not last, is malformed.
-fn transfer_encoding(headers: &[Header]) -> Result<Option<bool>, HeadError> {
+/// The transfer codings of a message, when it has a Transfer-Encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Codings {
+    /// Exactly `chunked`.
+    Chunked,
+    /// Other codings, then `chunked` last (`gzip, chunked`).
+    CodedThenChunked,
+    /// No `chunked` at all: the length is unknowable.
+    NotChunked,
+}
+
+/// Reads Transfer-Encoding; `chunked` twice, or not last, is malformed.
+fn transfer_encoding(headers: &[Header]) -> Result<Option<Codings>, HeadError> {
     if !headers.iter().any(|h| h.is("transfer-encoding")) {
         return Ok(None);
     }
@@ -242,8 +273,9 @@ fn transfer_encoding(headers: &[Header]) -> Result<Option<bool>, HeadError> {
     let codings: Vec<&[u8]> = value.split(|&b| b == b',').map(|c| c.trim_ascii()).collect();
     let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
     match codings.iter().filter(|c| chunked(c)).count() {
-        0 => Ok(Some(false)),
-        1 if codings.last().is_some_and(chunked) => Ok(Some(codings.len() == 1)),
+        0 => Ok(Some(Codings::NotChunked)),
+        1 if codings.last().is_some_and(chunked) && codings.len() == 1 => Ok(Some(Codings::Chunked)),
+        1 if codings.last().is_some_and(chunked) => Ok(Some(Codings::CodedThenChunked)),
         _ => Err(HeadError::Malformed("invalid Transfer-Encoding")),
     }
 }
@@ -283,6 +315,15 @@ mod tests {
         assert_eq!(h.body, BodyKind::None);
         assert!(h.keep_alive);
         assert_eq!(h.head_len, 30);
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped_and_methods_are_case_sensitive() {
+        let h = req("\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.head_len, 4 + 27);
+        assert_eq!(req("\r\n"), Ok(None));
+        assert!(req("head / HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
+        assert!(req("PURGE / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().is_some(), "other methods pass as sent");
     }
 
     #[test]
@@ -369,6 +410,8 @@ mod tests {
         assert_eq!(head.body, BodyKind::None);
         let eof = r("HTTP/1.1 200 OK\r\n\r\n", "GET").unwrap().unwrap();
         assert_eq!((eof.body, eof.keep_alive), (BodyKind::UntilClose, false));
+        let gz = r("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "GET").unwrap().unwrap();
+        assert_eq!((gz.body, gz.coded), (BodyKind::Chunked, true));
         let no = r("HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", "GET").unwrap().unwrap();
         assert_eq!(no.body, BodyKind::None);
         let both = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";

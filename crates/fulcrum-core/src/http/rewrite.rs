@@ -53,10 +53,12 @@ const HOP_BY_HOP: [&str; 8] = [
     "content-length", // re-stated by the writer from the framing decision
 ];
 
-/// Whether `h` is hop-by-hop, by the fixed list or by being named in `Connection`.
+/// Whether `h` is hop-by-hop, by the fixed list or by being named in
+/// `Connection`. `Host` is end-to-end whatever `Connection` says: naming it
+/// there would otherwise send an HTTP/1.1 request on without one.
 fn is_hop_by_hop(h: &Header, connection: &[&Header]) -> bool {
     HOP_BY_HOP.iter().any(|n| h.is(n))
-        || connection.iter().any(|c| has_token(&c.value, &h.name.to_ascii_lowercase()))
+        || (!h.is("host") && connection.iter().any(|c| has_token(&c.value, &h.name.to_ascii_lowercase())))
 }
 
 /// Writes the request head to send to a backend for `head` (always HTTP/1.1).
@@ -134,15 +136,26 @@ pub fn write_response_head(
     }
     match framing {
         ResponseFraming::Length(n) => put(out, "Content-Length", n.to_string().as_bytes()),
+        // Restated with the codings before chunked, which the client decodes.
+        ResponseFraming::Chunked if head.coded => {
+            let codings: Vec<&[u8]> = head
+                .headers
+                .iter()
+                .filter(|h| h.is("transfer-encoding"))
+                .map(|h| h.value.as_slice())
+                .collect();
+            put(out, "Transfer-Encoding", &codings.join(&b", "[..]));
+        }
         ResponseFraming::Chunked => put(out, "Transfer-Encoding", b"chunked"),
-        // HEAD and 304 responses keep the length they announce.
-        ResponseFraming::NoBody => {
+        // HEAD and 304 responses keep the length they announce; 1xx and 204
+        // must not carry one (RFC 9110 §8.6), a lenient client would read it.
+        ResponseFraming::NoBody if head.status >= 200 && head.status != 204 => {
             if let Some(cl) = head.headers.iter().find(|h| h.is("content-length")) {
                 let first = cl.value.split(|&b| b == b',').next().unwrap_or_default();
                 put(out, "Content-Length", first.trim_ascii());
             }
         }
-        ResponseFraming::Close => {}
+        ResponseFraming::NoBody | ResponseFraming::Close => {}
     }
     if head.status == 101 {
         put(out, "Connection", b"upgrade");

@@ -83,12 +83,7 @@ mod tests {
 
     fn pool(len: usize) -> Vec<Backend> {
         (0..len)
-            .map(|i| Backend {
-                id: BackendId(i),
-                name: format!("b{i}"),
-                address: SocketAddr::from(([127, 0, 0, 1], 9000)),
-                weight: 1,
-            })
+            .map(|i| Backend::new(i, &format!("b{i}"), SocketAddr::from(([127, 0, 0, 1], 9000)), 1))
             .collect()
     }
 

@@ -197,11 +197,8 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Backend {
-                id: BackendId(i),
-                name: format!("b{i}"),
-                address: SocketAddr::from(([127, 0, 0, 1], 9000)),
-                weight,
+            .map(|(i, &weight)| {
+                Backend::new(i, &format!("b{i}"), SocketAddr::from(([127, 0, 0, 1], 9000)), weight)
             })
             .collect()
     }

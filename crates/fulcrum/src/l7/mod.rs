@@ -49,6 +49,8 @@ enum Failure {
     Timeout,
     /// The client vanished or sent a broken body.
     Client(CopyError),
+    /// The response cannot be passed on to this client: 502, not the backend's fault.
+    Unforwardable(String),
 }
 
 /// Serves one http-mode client connection until it closes, idles out, or
@@ -130,6 +132,21 @@ fn refusal_message(e: &HeadError) -> &'static str {
     }
 }
 
+/// How a relayed exchange ended.
+enum Relayed {
+    /// The backend agreed to switch protocols (101); nothing is written to
+    /// the client yet, and the bytes after the head are in the buffer.
+    Upgrade(ResponseHead, BytesMut),
+    /// A response went to the client, whole or broken on the way.
+    Response {
+        status: u16,
+        /// The client connection may carry another request.
+        keep_client: bool,
+        /// The backend connection may carry another request.
+        reusable: bool,
+    },
+}
+
 /// Forwards one request and its response.
 async fn exchange(
     client: &mut Client,
@@ -150,102 +167,83 @@ async fn exchange(
         connect_timeout: t.connect,
         reuse_within: Some(t.backend_idle),
     };
-    let (mut up, _session, mut bbuf, response, request_done) = loop {
+    loop {
         let mut up = match service.pool.connect(opts).await {
             Ok(up) => up,
             Err(e) => return reply_error(client, 503, &e.to_string(), no_body && head.keep_alive).await,
         };
-        let session = service.pool.open_session(up.backend);
-        let mut bbuf = BytesMut::with_capacity(8 * 1024);
-        match send_request(client, &mut up, &mut bbuf, &out, head, t).await {
-            Ok((response, done)) => break (up, session, bbuf, response, done),
+        let _session = service.pool.open_session(up.backend);
+        let outcome = relay(client, &mut up, &out, head, service, shutdown).await;
+        // Passive checks learn from every exchange the backend had a part in.
+        match &outcome {
+            Ok(Relayed::Response { status, .. }) if *status >= 500 => {
+                service.pool.session_failed(up.backend, &format!("HTTP {status}"))
+            }
+            Ok(_) => service.pool.session_ok(up.backend),
+            Err(Failure::Backend(why)) => service.pool.session_failed(up.backend, why),
+            Err(Failure::Timeout) => service.pool.session_failed(up.backend, "no response in time"),
+            Err(Failure::Stale | Failure::Client(_) | Failure::Unforwardable(_)) => {}
+        }
+        return match outcome {
+            Ok(Relayed::Response { keep_client, reusable, .. }) => {
+                if reusable {
+                    service.pool.release(up.backend, up.stream, t.backend_idle);
+                }
+                if keep_client {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+            Ok(Relayed::Upgrade(response, bbuf)) => match head.upgrade {
+                Some(_) => upgrade(client, &mut up, bbuf, &response, head.version, t.client_idle).await,
+                None => reply_error(client, 502, "the backend switched protocols unasked", false).await,
+            },
             Err(Failure::Stale) if replayable => {
                 tracing::debug!(service = %service.name, "pooled backend connection was closed; retrying on a new one");
                 opts.reuse_within = None;
+                continue;
             }
             Err(Failure::Stale) => {
                 let msg = "the backend closed the connection before responding";
-                return reply_error(client, 502, msg, false).await;
+                reply_error(client, 502, msg, false).await
             }
             Err(Failure::Backend(why)) => {
                 let backend = service.pool.backend(up.backend);
                 tracing::warn!(service = %service.name, backend = %backend.name, error = %why, "backend failed before responding");
-                return reply_error(client, 502, &why, false).await;
+                reply_error(client, 502, &why, false).await
             }
+            Err(Failure::Unforwardable(why)) => reply_error(client, 502, &why, false).await,
             Err(Failure::Timeout) => {
                 let msg = format!("no response from the backend within {:?}", t.backend_response);
-                return reply_error(client, 504, &msg, false).await;
+                reply_error(client, 504, &msg, false).await
             }
-            Err(Failure::Client(e)) => {
-                return match e {
-                    CopyError::Framing(_) => reply_error(client, 400, &e.to_string(), false).await,
-                    _ => Next::Close,
-                };
-            }
-        }
-    };
-    bbuf.advance(response.head_len);
-    let backend = up.backend;
-
-    if response.status == 101 {
-        return match head.upgrade {
-            Some(_) => upgrade(client, &mut up, bbuf, &response, head.version, t.client_idle).await,
-            None => reply_error(client, 502, "the backend switched protocols unasked", false).await,
+            Err(Failure::Client(e)) => match e {
+                CopyError::Framing(_) => reply_error(client, 400, &e.to_string(), false).await,
+                _ => Next::Close,
+            },
         };
-    }
-
-    let framing = ResponseFraming::decide(response.body, head.version);
-    let keep_client =
-        head.keep_alive && request_done && framing != ResponseFraming::Close && !shutdown.is_cancelled();
-    let mut out = Vec::with_capacity(512);
-    write_response_head(&response, framing, head.version, keep_client, &mut out);
-    // A small response whose body is already read goes out in one write.
-    let mut body_kind = response.body;
-    if let BodyKind::Length(n) = body_kind {
-        if bbuf.len() as u64 >= n {
-            out.extend_from_slice(&bbuf[..n as usize]);
-            bbuf.advance(n as usize);
-            body_kind = BodyKind::None;
-        }
-    }
-    if body::write(&mut client.stream, &out, t.client_idle).await.is_err() {
-        return Next::Close;
-    }
-    let encode = if framing == ResponseFraming::Chunked { Encode::Chunked } else { Encode::Raw };
-    if let Err(e) =
-        body::copy(&mut up.stream, &mut bbuf, &mut client.stream, body_kind, encode, t.backend_response).await
-    {
-        // Never pretend a broken response finished: closing tells the client.
-        if e.is_sender() {
-            let name = &service.pool.backend(backend).name;
-            tracing::warn!(service = %service.name, backend = %name, error = %e, "response body broken");
-        }
-        return Next::Close;
-    }
-    if response.keep_alive && request_done && bbuf.is_empty() {
-        service.pool.release(backend, up.stream);
-    }
-    if keep_client {
-        Next::KeepAlive
-    } else {
-        Next::Close
     }
 }
 
-/// Sends the request head and body to the backend and waits for its final
-/// response head, relaying interim (1xx) responses to the client. Returns the
-/// head and whether the whole request body was sent.
-async fn send_request(
+/// Sends the request to the backend and its response to the client, both
+/// ways at once: the request body keeps streaming while the response does,
+/// for backends that answer before they have read everything. Interim (1xx)
+/// responses are relayed to HTTP/1.1 clients. `Err` means no response head
+/// reached the client.
+async fn relay(
     client: &mut Client,
     up: &mut Upstream,
-    bbuf: &mut BytesMut,
     out: &[u8],
     head: &RequestHead,
-    t: &fulcrum_core::model::Timeouts,
-) -> Result<(ResponseHead, bool), Failure> {
+    service: &ServiceRuntime,
+    shutdown: &CancellationToken,
+) -> Result<Relayed, Failure> {
+    let t = &service.timeouts;
     if let Err(e) = body::write(&mut up.stream, out, t.backend_response).await {
         return Err(if up.reused { Failure::Stale } else { Failure::Backend(e.to_string()) });
     }
+    let mut bbuf = BytesMut::with_capacity(8 * 1024);
     let (mut cr, mut cw) = client.stream.split();
     let (mut br, mut bw) = up.stream.split();
     let encode = if head.body == BodyKind::Chunked { Encode::Chunked } else { Encode::Raw };
@@ -256,7 +254,7 @@ async fn send_request(
     // The response clock starts once the request is sent: an upload has its own idle bound.
     let mut deadline = (!uploading).then(|| Instant::now() + t.backend_response);
     let mut interim = false;
-    loop {
+    let response = loop {
         let timer = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -274,7 +272,7 @@ async fn send_request(
                     Err(_) => upload_broke = true,
                 }
             }
-            r = read_head(&mut br, bbuf, &head.method) => match r {
+            r = read_head(&mut br, &mut bbuf, &head.method) => match r {
                 Ok(resp) if resp.status < 200 && resp.status != 101 => {
                     interim = true;
                     if head.version == Version::Http11 {
@@ -286,14 +284,87 @@ async fn send_request(
                     }
                     bbuf.advance(resp.head_len);
                 }
-                Ok(resp) => return Ok((resp, !uploading && !upload_broke)),
+                Ok(resp) => break resp,
                 Err(None) if up.reused && !interim && bbuf.is_empty() => return Err(Failure::Stale),
                 Err(None) => return Err(Failure::Backend("the backend closed the connection before responding".into())),
                 Err(Some(why)) => return Err(Failure::Backend(why)),
             },
             () = timer => return Err(Failure::Timeout),
         }
+    };
+    bbuf.advance(response.head_len);
+    let status = response.status;
+    if status == 101 {
+        if uploading {
+            return Err(Failure::Backend("the backend switched protocols during the request body".into()));
+        }
+        return Ok(Relayed::Upgrade(response, bbuf));
     }
+    let framing = ResponseFraming::decide(response.body, head.version);
+    if response.coded && framing != ResponseFraming::Chunked {
+        return Err(Failure::Unforwardable(
+            "the response has a transfer coding an HTTP/1.0 client cannot take".into(),
+        ));
+    }
+    // A client still sending is told the connection ends with this response.
+    let keep_client = head.keep_alive
+        && !uploading
+        && !upload_broke
+        && framing != ResponseFraming::Close
+        && !shutdown.is_cancelled();
+    let mut msg = Vec::with_capacity(512);
+    write_response_head(&response, framing, head.version, keep_client, &mut msg);
+    // A small response whose body is already read goes out in one write.
+    let mut body_kind = response.body;
+    if let BodyKind::Length(n) = body_kind {
+        if bbuf.len() as u64 >= n {
+            msg.extend_from_slice(&bbuf[..n as usize]);
+            bbuf.advance(n as usize);
+            body_kind = BodyKind::None;
+        }
+    }
+    let encode = if framing == ResponseFraming::Chunked { Encode::Chunked } else { Encode::Raw };
+    let downloaded = {
+        let download = async {
+            body::write(&mut cw, &msg, t.client_idle).await?;
+            body::copy(&mut br, &mut bbuf, &mut cw, body_kind, encode, t.backend_response).await
+        };
+        tokio::pin!(download);
+        loop {
+            tokio::select! {
+                r = &mut upload, if uploading => {
+                    uploading = false;
+                    match r {
+                        Ok(_) => {}
+                        // The client broke off its request mid-response: end both.
+                        Err(e) if e.is_sender() => {
+                            return Ok(Relayed::Response { status, keep_client: false, reusable: false });
+                        }
+                        Err(_) => upload_broke = true,
+                    }
+                }
+                r = &mut download => break r,
+            }
+        }
+    };
+    if let Err(e) = downloaded {
+        // Never pretend a broken response finished: closing tells the client.
+        if e.is_sender() {
+            let name = &service.pool.backend(up.backend).name;
+            tracing::warn!(service = %service.name, backend = %name, error = %e, "response body broken");
+        }
+        return Ok(Relayed::Response { status, keep_client: false, reusable: false });
+    }
+    let request_done = !uploading && !upload_broke;
+    // A response bodiless by rule (HEAD, 204, 304) that announced a body may
+    // be followed by stray body bytes later: such a connection is not reused.
+    let announced = response.body == BodyKind::None
+        && response
+            .headers
+            .iter()
+            .any(|h| h.is("transfer-encoding") || (h.is("content-length") && h.value.trim_ascii() != b"0"));
+    let reusable = response.keep_alive && request_done && bbuf.is_empty() && !announced;
+    Ok(Relayed::Response { status, keep_client: keep_client && request_done, reusable })
 }
 
 /// Reads until a whole response head is in `buf`. `Err(None)` is a close or

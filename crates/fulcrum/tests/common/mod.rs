@@ -306,3 +306,79 @@ pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
+
+/// A running load agent (`fulcrum agent`).
+pub struct Agent {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Agent {
+    /// Starts `fulcrum agent --listen 127.0.0.1:0` with `extra` arguments and
+    /// waits for its listening line.
+    pub fn start(extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["agent", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args, dir);
+        let addr = proc.listening(1)[0];
+        Agent { proc, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Proc {
+    /// Waits (bounded) until stderr has a line containing every one of
+    /// `needles`; the log line is the event tests synchronise on.
+    pub fn wait_log(&self, needles: &[&str], limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let stderr = self.stderr();
+            if let Some(line) = stderr.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no log line with {needles:?} within {limit:?}; stderr:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A free loopback address (bound, then closed) for a backend that must
+/// come back on the same address.
+pub fn free_addr() -> SocketAddr {
+    dead_addr()
+}
+
+/// A backend that answers every request with `status` and `X-Backend: NAME`.
+pub fn status_backend(name: &'static str, status: u16) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 8192];
+                let mut seen = Vec::new();
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let reply = format!(
+                            "HTTP/1.1 {status} Status\r\nX-Backend: {name}\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        if s.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

@@ -158,7 +158,7 @@ fn a_weight_of_zero_points_to_drain() {
     assert_errors(
         &text,
         &[
-            r#"line 15: pool "web" backend "web2": weight 0 is not allowed (weights run 1..=256); to send a backend no new sessions, use target state drain instead"#,
+            r#"line 15: pool "web" backend "web2": weight 0 is not allowed (weights run 1..=256); to send a backend no new sessions, set state = "drain" instead"#,
         ],
     );
 }
@@ -258,12 +258,9 @@ fn unknown_words_list_the_allowed_ones() {
         &[r#"line 4: service "web": mode "udp" is not one of "http", "tcp""#],
     );
     assert_errors(
-        &VALID.replace(
-            "[[pool]]\nname = \"web\"",
-            "[[pool]]\nname = \"web\"\nalgorithm = \"least_connections\"",
-        ),
+        &VALID.replace("[[pool]]\nname = \"web\"", "[[pool]]\nname = \"web\"\nalgorithm = \"random\""),
         &[
-            r#"line 9: pool "web": algorithm "least_connections" is not one of "round_robin", "weighted_round_robin""#,
+            r#"line 9: pool "web": algorithm "random" is not one of "round_robin", "weighted_round_robin", "least_connections", "least_load", "random_two_choices", "source_hash", "maglev""#,
         ],
     );
     assert_errors(
@@ -351,7 +348,7 @@ pool = [{ name = "web", backend = [{ name = "a", address = "127.0.0.1:1" }, { ad
         text,
         &[
             r#"line 3: pool "web" backend 2: missing required key "name""#,
-            r#"line 3: pool "web" backend 2: weight 0 is not allowed (weights run 1..=256); to send a backend no new sessions, use target state drain instead"#,
+            r#"line 3: pool "web" backend 2: weight 0 is not allowed (weights run 1..=256); to send a backend no new sessions, set state = "drain" instead"#,
         ],
     );
 }

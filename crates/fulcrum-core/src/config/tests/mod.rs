@@ -1,13 +1,15 @@
 //! Unit tests of `load`: the model a valid file gives (`mod.rs`), each error
-//! (`errors.rs`), and that no text makes `load` panic (`props.rs`).
+//! (`errors.rs`), the health and load keys (`checks.rs`), and that no text
+//! makes `load` panic (`props.rs`).
 
+mod checks;
 mod errors;
 mod props;
 
 use std::time::Duration;
 
 use super::*;
-use crate::model::{Algorithm, BackendId, Mode, OnLimit, PoolId};
+use crate::model::{Algorithm, BackendId, CheckKind, Mode, OnLimit, PoolId, TargetState};
 
 /// The smallest useful file; tests edit it with `str::replace`. Line
 /// numbers in expected messages count from its first line.
@@ -84,6 +86,11 @@ fn the_minimal_file_gets_every_default() {
     let ids: Vec<BackendId> = pool.backends.iter().map(|b| b.id).collect();
     assert_eq!(ids, [BackendId(0), BackendId(1)]);
     assert!(pool.backends.iter().all(|b| b.weight == 1));
+    assert!(pool.backends.iter().all(|b| b.state == TargetState::Enabled));
+    assert!(pool.backends.iter().all(|b| b.max_connections.is_none() && b.agent.is_none()));
+    assert_eq!(pool.slow_start, None);
+    assert_eq!(pool.health.kind, CheckKind::None);
+    assert_eq!(pool.passive.consecutive_failures, 5, "passive checks are on by default");
 }
 
 #[test]
@@ -181,6 +188,15 @@ fn the_choice_words_match_the_model_spelling() {
         let parsed: Result<OnLimit, _> = serde::Deserialize::deserialize(StrDeserializer::new(word));
         assert!(parsed.is_ok(), "{word}");
     }
+    for word in schema::TARGET_STATES {
+        let parsed: Result<TargetState, _> = serde::Deserialize::deserialize(StrDeserializer::new(word));
+        assert!(parsed.is_ok(), "{word}");
+    }
+    for word in super::checks::CHECK_KINDS {
+        let parsed: Result<super::checks::Kind, _> =
+            serde::Deserialize::deserialize(StrDeserializer::new(word));
+        assert!(parsed.is_ok(), "{word}");
+    }
 }
 
 type StrDeserializer<'a> = serde::de::value::StrDeserializer<'a, serde::de::value::Error>;
@@ -226,7 +242,7 @@ name = "web"
             r#"line 10: service "web": name "web" is already used by the service at line 2"#,
             r#"line 11: service "web": listen 127.0.0.1:8080 is already used by service "web" at line 3"#,
             r#"line 19: pool "web" backend "web1": address "10.0.0.1" has no port; write IP:port, like "10.0.0.1:80""#,
-            r#"line 20: pool "web" backend "web1": weight 0 is not allowed (weights run 1..=256); to send a backend no new sessions, use target state drain instead"#,
+            r#"line 20: pool "web" backend "web1": weight 0 is not allowed (weights run 1..=256); to send a backend no new sessions, set state = "drain" instead"#,
         ],
     );
 }

@@ -11,7 +11,7 @@ use super::VALID;
 const VALUES: &[&str] = &[
     "0", "-1", "11", "257", "1.5", "true", "[]", "{}", "\"\"", "\"x\"", "\"0s\"", "\"3 parsecs\"",
     "\"web\"", "\"tcp\"", "\"queue\"", "\"0.0.0.0:8080\"", "\"127.0.0.1:0\"", "\"::1\"",
-    "[\"127.0.0.1:8080\"]", "[\"[::]:9001\", 5]",
+    "[\"127.0.0.1:8080\"]", "[\"[::]:9001\", 5]", "\"http\"", "\"agent\"", "\"200-399\"", "\"9s\"",
 ];
 #[rustfmt::skip]
 const LINES: &[&str] = &[
@@ -19,6 +19,9 @@ const LINES: &[&str] = &[
     "name = \"web\"", "name = \"spare\"", "weight = 0", "listen = []", "mode = \"udp\"",
     "address = \"10.0.0.1\"", "pool = \"nope\"", "retries = 11", "timeouts.connect = \"0s\"",
     "limits = { max_connections = 0 }", "listn = 1", "backend = []", "é = \"\u{0}\"",
+    "[pool.health]", "[pool.passive]", "kind = \"agent\"", "kind = \"http\"", "timeout = \"9s\"",
+    "expect_status = \"399-200\"", "path = \"x\"", "agent = \"127.0.0.1:0\"", "state = \"drain\"",
+    "max_ejection = \"1s\"", "slow_start = \"0s\"",
 ];
 
 /// Applies `(position, operation, pick)` edits to `text`, by characters:

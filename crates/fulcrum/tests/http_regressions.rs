@@ -1,5 +1,6 @@
-//! Review of the http data path: each test reproduces one finding of the
-//! review (see the report) and fails until it is fixed.
+//! http regressions: each test reproduces a bug found in review of the data
+//! path (pooling after HEAD, early responses, `gzip, chunked`, Host as a
+//! connection option, Content-Length on 204, max_idle_per_backend = 0).
 
 mod common;
 
@@ -136,12 +137,15 @@ fn chunked_as_final_coding_is_chunked_framing() {
         if head.is_empty() {
             return;
         }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
         let _ = read_for(&mut s, Duration::from_secs(10));
     });
     let f = Fulcrum::start(&config("http", &[("gz", gz, 1)], "", ""), 1);
     let mut s = TcpStream::connect(f.addr()).expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    // With `Connection: close` the client sees the end at once; a body framed
+    // as until-close would instead wait for the backend to close.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
     let started = Instant::now();
     let got = read_for(&mut s, Duration::from_secs(3));
     let got = String::from_utf8_lossy(&got);
@@ -172,81 +176,43 @@ fn no_content_length_on_204() {
     assert!(!head.to_ascii_lowercase().contains("content-length"), "{head:?}");
 }
 
-/// The backend answers 413 at once, without reading the body, and closes.
-/// The client is still sending its body: Fulcrum must deliver the 413 before
-/// closing (linger), not reset the connection with the client's body unread.
+/// A backend that answers HEAD with its head and then, in a second write a
+/// moment later, a body (a common application bug: the framework strips
+/// nothing, the server writes head and body separately). Fulcrum sees a
+/// complete HEAD response with nothing left over and pools the connection at
+/// once; the stray bytes arrive after the next checkout's probe, while another
+/// client's request is in flight on that connection, and are parsed as that
+/// client's response. Here the stray bytes are a whole response, so client B
+/// receives "EVIL", which the backend never sent to it.
 #[test]
-fn early_error_reaches_a_client_still_uploading() {
+fn stray_bytes_after_a_head_response_never_reach_another_client() {
     let b = scripted(|mut s| {
-        if read_head(&mut s).is_empty() {
-            return;
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        for _ in 0..4 {
+            let head = read_head(&mut s);
+            if head.is_empty() {
+                return;
+            }
+            if head.starts_with("HEAD ") {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 31\r\n\r\n");
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL");
+            } else {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
         }
-        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig");
-        std::thread::sleep(Duration::from_millis(200));
     });
     let f = Fulcrum::start(&config("http", &[("b", b, 1)], "", ""), 1);
-    let mut failures = Vec::new();
-    for round in 0..5 {
-        let mut s = TcpStream::connect(f.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let total = 32 * 1024 * 1024;
-        let mut w = s.try_clone().expect("clone");
-        let writer = std::thread::spawn(move || {
-            let _ = w.write_all(format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes());
-            let chunk = vec![b'x'; 64 * 1024];
-            let mut sent = 0;
-            while sent < total {
-                if w.write_all(&chunk).is_err() {
-                    break;
-                }
-                sent += chunk.len();
-            }
-        });
-        // A client that reads only after sending (like many simple clients).
-        let _ = writer.join();
-        let mut got = Vec::new();
-        let r = s.read_to_end(&mut got);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if !text.starts_with("HTTP/1.1 413") {
-            failures.push(format!("round {round}: {r:?} {text:?}"));
-        }
-    }
-    assert!(failures.is_empty(), "413 lost: {failures:?}");
-}
-
-/// Same, with no backend at all: the 503 goes out and the connection is
-/// closed with the client's body unread.
-#[test]
-fn refusal_reaches_a_client_still_uploading() {
-    let dead = common::dead_addr();
-    let f = Fulcrum::start(&config("http", &[("dead", dead, 1)], "", ""), 1);
-    let mut failures = Vec::new();
-    for round in 0..5 {
-        let mut s = TcpStream::connect(f.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let total = 32 * 1024 * 1024;
-        let mut w = s.try_clone().expect("clone");
-        let writer = std::thread::spawn(move || {
-            let _ = w.write_all(format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\n\r\n").as_bytes());
-            let chunk = vec![b'x'; 64 * 1024];
-            let mut sent = 0;
-            while sent < total {
-                if w.write_all(&chunk).is_err() {
-                    break;
-                }
-                sent += chunk.len();
-            }
-        });
-        let _ = writer.join();
-        let mut got = Vec::new();
-        let r = s.read_to_end(&mut got);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if !text.starts_with("HTTP/1.1 503") {
-            failures.push(format!("round {round}: {r:?} {text:?}"));
-        }
-    }
-    assert!(failures.is_empty(), "503 lost: {failures:?}");
-    let _ = read_response; // keep the import used
+    let mut a = TcpStream::connect(f.addr()).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    a.write_all(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+    let head = read_head(&mut a);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    // Another client, a moment later: it gets the pooled connection.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut c = TcpStream::connect(f.addr()).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.write_all(b"GET /mine HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+    let resp = read_response(&mut c);
+    assert!(resp.ends_with("ok"), "client B got someone else's bytes: {resp:?}");
 }
