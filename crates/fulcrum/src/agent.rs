@@ -60,13 +60,7 @@ pub struct Options {
 
 /// Runs the agent until Ctrl-C or SIGTERM.
 pub fn main(options: Options) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = crate::run::runtime(None) else { return ExitCode::FAILURE };
     runtime.block_on(async {
         let interface = match options.interface.clone() {
             Some(name) => name,

@@ -6,7 +6,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{config, raw, status_backend, Agent, Backend, Fulcrum};
@@ -79,24 +78,6 @@ fn killing_a_backend_under_load_fails_no_request_and_it_rejoins() {
     assert!(names.iter().any(|n| n == "a"), "{names:?}");
 }
 
-/// A backend that signals when a request arrives and answers when released.
-fn gated() -> (SocketAddr, mpsc::Receiver<()>, mpsc::Sender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let (arrived_tx, arrived) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        arrived_tx.send(()).expect("signal");
-        let _ = release_rx.recv();
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: gated\r\nContent-Length: 8\r\n\r\nfinished");
-        std::thread::sleep(Duration::from_secs(2));
-    });
-    (addr, arrived, release)
-}
-
 #[test]
 fn draining_through_the_agent_lets_sessions_finish_and_takes_no_new_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -104,7 +85,7 @@ fn draining_through_the_agent_lets_sessions_finish_and_takes_no_new_ones() {
     let state_arg = state.to_str().expect("utf-8").to_owned();
     let agent_a = Agent::start(&["--state-file", &state_arg]);
     let agent_b = Agent::start(&[]);
-    let (gated_addr, arrived, release) = gated();
+    let (gated_addr, arrived, release) = common::gated();
     let b = Backend::start("b");
     let mut cfg =
         config("http", &[("gated", gated_addr, 1), ("b", b.addr, 1)], "", "algorithm = \"round_robin\"");

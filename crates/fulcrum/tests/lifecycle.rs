@@ -5,32 +5,13 @@ mod common;
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{bin, config, read_response, Backend, Fulcrum};
 
-/// A backend that signals when a request arrives and answers `release` later.
-fn gated_backend() -> (std::net::SocketAddr, mpsc::Receiver<()>, mpsc::Sender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let (arrived_tx, arrived) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-        arrived_tx.send(()).expect("signal");
-        let _ = release_rx.recv();
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nfinished");
-        std::thread::sleep(Duration::from_secs(5));
-    });
-    (addr, arrived, release)
-}
-
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
-    let (addr, arrived, release) = gated_backend();
+    let (addr, arrived, release) = common::gated();
     let mut f = Fulcrum::start(&config("http", &[("g", addr, 1)], "", ""), 1);
     let front = f.addr();
     let client = std::thread::spawn(move || {
@@ -63,7 +44,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 
 #[test]
 fn the_grace_period_bounds_shutdown() {
-    let (addr, arrived, _release) = gated_backend();
+    let (addr, arrived, _release) = common::gated();
     let mut f = Fulcrum::start(
         &(config("http", &[("g", addr, 1)], "", "") + "\n[runtime]\nshutdown_grace = \"300ms\"\n"),
         1,

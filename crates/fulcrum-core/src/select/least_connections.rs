@@ -13,8 +13,8 @@
 //! backend lock. Our counters live in the pool (atomics, read through the
 //! view) so they survive a selector rebuild, and a tree over them would need
 //! a lock or a second copy of every counter. A pick therefore reads every
-//! backend once: O(backends), about a microsecond at 1000 backends (see
-//! `benches/select.rs`), and no lock or allocation.
+//! backend once: O(backends), no lock, no allocation; about 5 ns a backend,
+//! mostly the three calls into the view (`benches/select.rs`).
 //!
 //! Ties go to the first tied backend at or after a cursor, and the cursor then
 //! moves just past the winner: backends with equal cost take turns in id order,
@@ -46,6 +46,11 @@ impl LeastConnections {
     pub fn new(backends: &[Backend]) -> Self {
         debug_assert!(backends.iter().enumerate().all(|(i, b)| b.id == BackendId(i)));
         Self { len: backends.len(), cursor: AtomicUsize::new(0) }
+    }
+
+    /// Whether the pool has no backend.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The id where a scan starts; `len` must be non-zero.

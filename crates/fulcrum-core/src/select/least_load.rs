@@ -33,15 +33,15 @@
 //! the pick is exactly least connections (same costs, same cursor, integer
 //! arithmetic). A report outside 0.0..=1.0 is clamped; a NaN counts as none.
 //!
-//! Cost: a pass to see whether any backend reported and their mean, then a
-//! scan like least connections: O(backends), no lock, no allocation.
+//! Cost: one scan like least connections, reading the load too:
+//! O(backends), no lock, no allocation.
 
 use super::least_connections::LeastConnections;
 use super::{PoolView, Selector};
 use crate::model::{Backend, BackendId};
 
 /// ε: the load a completely idle host counts as, so that its sessions still count.
-pub const LOAD_FLOOR: f64 = 0.05;
+const LOAD_FLOOR: f64 = 0.05;
 
 /// Least load over a pool's backends.
 ///
@@ -67,39 +67,71 @@ fn load_factor(load: Option<f64>) -> Option<f64> {
     load.filter(|l| !l.is_nan()).map(|l| l.clamp(0.0, 1.0) + LOAD_FLOOR)
 }
 
+/// The best backend so far of one kind: (distance from the scan's start,
+/// id, cost, weight); the first of least `cost / weight` wins.
+type Best<T> = Option<(usize, BackendId, T, T)>;
+
+/// Keeps `best` or takes the candidate, whichever has the lower `cost / weight`
+/// (compared by cross multiplication; the earlier keeps a tie).
+fn better<T: Copy + PartialOrd + std::ops::Mul<Output = T>>(
+    best: &mut Best<T>,
+    candidate: (usize, BackendId, T, T),
+) {
+    let (_, _, cost, weight) = candidate;
+    if best.is_none_or(|(_, _, best_cost, best_weight)| cost * best_weight < best_cost * weight) {
+        *best = Some(candidate);
+    }
+}
+
 impl Selector for LeastLoad {
     /// Returns the eligible backend of least `(load + ε) × (sessions + 1) /
     /// weight`, or `None` when none is eligible; exactly least connections
-    /// when no eligible backend has a report. `key` is unused.
-    fn pick(&self, key: u64, view: &dyn PoolView) -> Option<BackendId> {
+    /// when no eligible backend has a report. Reads every backend once; `key`
+    /// is unused.
+    fn pick(&self, _key: u64, view: &dyn PoolView) -> Option<BackendId> {
         let lc = &self.least_connections;
-        let (mut reported, mut sum) = (0u32, 0.0);
-        for id in lc.scan_order(0) {
-            if let Some(factor) = load_factor(view.load(id)) {
-                if view.eligible(id) {
-                    reported += 1;
-                    sum += factor;
-                }
-            }
+        if lc.is_empty() {
+            return None;
         }
-        if reported == 0 {
-            return lc.pick(key, view);
-        }
-        let unreported = sum / f64::from(reported);
-        // (id, load factor × (sessions + 1), weight) of the best so far.
-        let mut best: Option<(BackendId, f64, f64)> = None;
-        for id in lc.scan_order(lc.start()) {
+        // One pass. Unreported backends all get the same factor (the mean of
+        // the reports), so the best of them is the best by least connections,
+        // kept in integers; the best reported one is kept by its own score.
+        // The mean is known at the end, and the two are compared then.
+        let mut reported: Best<f64> = None;
+        let mut unreported: Best<u128> = None;
+        let (mut reports, mut sum) = (0u32, 0.0);
+        for (distance, id) in lc.scan_order(lc.start()).enumerate() {
             if !view.eligible(id) {
                 continue;
             }
-            let factor = load_factor(view.load(id)).unwrap_or(unreported);
-            let cost = factor * (view.sessions(id) as f64 + 1.0);
-            let weight = f64::from(view.weight(id).max(1));
-            if best.is_none_or(|(_, best_cost, best_weight)| cost * best_weight < best_cost * weight) {
-                best = Some((id, cost, weight));
+            let sessions = view.sessions(id);
+            let weight = view.weight(id).max(1);
+            match load_factor(view.load(id)) {
+                Some(factor) => {
+                    reports += 1;
+                    sum += factor;
+                    let cost = factor * (sessions as f64 + 1.0);
+                    better(&mut reported, (distance, id, cost, f64::from(weight)));
+                }
+                None => better(&mut unreported, (distance, id, u128::from(sessions) + 1, u128::from(weight))),
             }
         }
-        let (winner, _, _) = best?;
+        let winner = match (reported, unreported) {
+            (None, None) => return None,
+            // No reports: exactly least connections (same costs, same cursor).
+            (None, Some((_, id, _, _))) | (Some((_, id, _, _)), None) => id,
+            (Some((r_distance, r_id, r_cost, r_weight)), Some((u_distance, u_id, u_cost, u_weight))) => {
+                let u_cost = sum / f64::from(reports) * u_cost as f64;
+                let (unreported_side, reported_side) = (u_cost * r_weight, r_cost * u_weight as f64);
+                if unreported_side < reported_side
+                    || (unreported_side == reported_side && u_distance < r_distance)
+                {
+                    u_id
+                } else {
+                    r_id
+                }
+            }
+        };
         lc.advance_past(winner);
         Some(winner)
     }

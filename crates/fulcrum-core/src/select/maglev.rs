@@ -1,5 +1,5 @@
 //! Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable
-//! Software Network Load Balancer", NSDI 2016), weighted as Katran does it.
+//! Software Network Load Balancer", NSDI 2016), weighted after Katran.
 //!
 //! A lookup table of a prime size `M` maps a key's hash to a backend; a pick
 //! with the key's backend eligible is one hash and one table read. Each
@@ -7,8 +7,10 @@
 //! from a hash of its name (so it does not depend on its position in the
 //! pool), and backends take turns claiming their next free preferred slot
 //! until the table is full. Removing a backend frees its slots, and most other
-//! slots keep their owner: about 1/N of the keys move, plus a little (the
-//! paper's Figure 10; the tests measure it).
+//! slots keep their owner: about 1/N of the keys move, plus a little. At 100
+//! slots per backend that little is at most 3.5 points of all keys for equal
+//! weights (every N in 3..=50 measured), more with unequal weights in small
+//! pools; `EXTRA_DISRUPTION` in the tests has the figures.
 //!
 //! Weights: Katran's idea (`MaglevHashV2`), backends taking turns in
 //! proportion to weight, with exact turn times: a backend's k-th claim falls
@@ -101,8 +103,9 @@ fn name_hash(name: &str, seed: u64) -> u64 {
 /// others are added or removed. Weights of 0 count as 1. `size` should be a
 /// prime (see [`table_size`]); any other size still fills every slot, since
 /// each skip is made coprime with it. Returns an empty table for no backends
-/// or a size of 0. Costs O(size × log size) slot probes plus
-/// `size × max weight / mean weight` credit steps.
+/// or a size of 0. Costs `size` turns taken from a heap (O(size × log
+/// backends)) plus the slot probes, O(size × log size) in all (about 13 ms
+/// at 1000 backends in a release build, off the hot path).
 pub fn build_table(backends: &[Backend], size: usize) -> Vec<u32> {
     if backends.is_empty() || size == 0 {
         return Vec::new();
@@ -285,19 +288,18 @@ mod tests {
     }
 
     #[test]
-    fn permutations_follow_names_not_positions() {
-        let backends = testkit::pool(&[1, 1, 1, 1]);
+    fn the_order_of_the_backends_does_not_matter() {
+        // Permutations and ties hang on names, so listing the same backends
+        // in another order gives the same owner for every slot.
+        let backends = testkit::pool(&[1, 2, 1, 3]);
         let mut reversed: Vec<Backend> = backends.iter().rev().cloned().collect();
         for (i, b) in reversed.iter_mut().enumerate() {
             b.id = BackendId(i);
         }
-        // Ties in a round go by position, so the tables may differ a little,
-        // but nowhere near the 3/4 of slots that position-keyed hashing moves.
-        let delta = table_delta(
-            &names(&build_table(&backends, 401), &backends),
-            &names(&build_table(&reversed, 401), &reversed),
+        assert_eq!(
+            names(&build_table(&backends, 401), &backends),
+            names(&build_table(&reversed, 401), &reversed)
         );
-        assert!(delta.len() < 40, "{} of 401 slots moved", delta.len());
     }
 
     #[test]

@@ -382,3 +382,23 @@ pub fn status_backend(name: &'static str, status: u16) -> SocketAddr {
     });
     addr
 }
+
+/// A backend for one request: it signals when the request arrives, answers
+/// `finished` (with `X-Backend: gated`) when released, then holds the
+/// connection a while. Lets a test act while a session is surely in flight.
+pub fn gated() -> (SocketAddr, std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        arrived_tx.send(()).expect("signal");
+        let _ = release_rx.recv();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: gated\r\nContent-Length: 8\r\n\r\nfinished");
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    (addr, arrived, release)
+}
