@@ -198,3 +198,24 @@ fn least_load_sends_a_busy_host_less() {
     let (b, i) = (seen.get("busy").copied().unwrap_or(0), seen.get("idle").copied().unwrap_or(0));
     assert!(i >= 5 * b.max(1), "busy {b}, idle {i}");
 }
+
+#[test]
+fn a_backend_at_its_connection_limit_is_passed_over() {
+    let (gated_addr, arrived, release) = common::gated();
+    let b = Backend::start("b");
+    // Weighted 256 to 1, the selector's first two picks are both `gated`.
+    let mut cfg = config(
+        "http",
+        &[("gated", gated_addr, 256), ("b", b.addr, 1)],
+        "",
+        "algorithm = \"weighted_round_robin\"",
+    );
+    cfg = cfg.replacen("weight = 256\n", "weight = 256\nmax_connections = 1\n", 1);
+    let f = Fulcrum::start(&cfg, 1);
+    let front = f.addr();
+    let held = std::thread::spawn(move || raw(front, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    arrived.recv_timeout(WAIT).expect("the first request reached gated");
+    assert_eq!(get(&f).as_deref(), Ok("b"), "gated is at max_connections");
+    release.send(()).expect("release");
+    assert!(held.join().expect("client").ends_with("finished"));
+}
