@@ -82,11 +82,150 @@ pub struct Service {
     pub name: String,
     pub listen: Vec<SocketAddr>,
     pub mode: Mode,
-    pub pool: PoolId,
+    /// The default pool: where a request no route matches goes (404 without one;
+    /// a tcp service needs one unless it routes by SNI).
+    pub pool: Option<PoolId>,
+    /// First match wins (`[[service.route]]`).
+    pub routes: Vec<Route>,
+    pub persistence: Persistence,
+    /// Eligibility and limits for the whole service (`[service.policy]`).
+    pub policy: Policy,
+    /// Read a PROXY protocol header (v1 or v2) first on each connection from a
+    /// trusted proxy, and take the client address from it.
+    pub accept_proxy_protocol: bool,
+    /// Peers whose PROXY headers are believed; others are refused.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// How many further backends to try after a failed connect.
     pub retries: u32,
+}
+
+/// A regular expression, compared by its text (for `Model: PartialEq`).
+#[derive(Clone, Debug)]
+pub struct Pattern(pub regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// An L7 rule: what a request must match, and what then happens to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// `name` in config, else `route N` (1-based), for logs and errors.
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    /// Extra policy for requests this route takes, checked after the service's.
+    pub policy: Option<Policy>,
+}
+
+/// Every condition given must hold; none given matches everything.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteMatch {
+    /// `example.com` exactly, or `*.example.com` for any subdomain (not the
+    /// apex); compared case-insensitively, without the port.
+    pub host: Option<String>,
+    /// The path exactly (without the query).
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<Pattern>,
+    /// The method exactly (`GET`).
+    pub method: Option<String>,
+    /// Each named header must be present with a matching value.
+    pub headers: Vec<HeaderMatch>,
+    /// tcp mode: the TLS server name, exact or `*.example.com`.
+    pub sni: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderMatch {
+    /// Lower case.
+    pub name: String,
+    pub value: ValueMatch,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(Pattern),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteAction {
+    Pool(PoolId),
+    /// Answer with a redirect: `status` is 301, 302, 303, 307 or 308.
+    Redirect {
+        status: u16,
+        location: String,
+    },
+    /// Answer by itself, e.g. a 403 for a blocked path.
+    Respond {
+        status: u16,
+        body: String,
+    },
+}
+
+/// Keeping a client on the same backend.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Persistence {
+    None,
+    Cookie(CookiePersistence),
+    /// An affinity table: client address (masked) → backend.
+    SourceIp {
+        mask_v4: u8,
+        mask_v6: u8,
+        ttl: Duration,
+        max_entries: usize,
+    },
+    /// Consistent hashing (maglev) of a header's value; no table.
+    Header {
+        name: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CookiePersistence {
+    /// Insert mode: the cookie Fulcrum sets. Learn mode: the application's
+    /// cookie (e.g. `JSESSIONID`) learned from the backend's `Set-Cookie`.
+    pub name: String,
+    pub learn: bool,
+    /// Insert mode: the cookie's Path (default `/`).
+    pub path: String,
+    /// How long a cookie (insert) or a table entry (learn) lives.
+    pub ttl: Duration,
+    pub http_only: bool,
+    /// `Strict`, `Lax` or `None`.
+    pub same_site: Option<String>,
+    /// Learn mode: most entries in the cookie map table (LRU beyond).
+    pub max_entries: usize,
+}
+
+/// Who may use a service or route, and how much.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    /// If not empty, only these sources are eligible.
+    pub allow: Vec<ipnet::IpNet>,
+    /// These sources are refused (403), even if allowed.
+    pub deny: Vec<ipnet::IpNet>,
+    pub auth: Auth,
+    /// Most concurrent sessions (client connections) of the service.
+    pub max_sessions: Option<u32>,
+    /// Most new sessions per second from one client address (429 beyond).
+    pub rate_per_client: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Auth {
+    #[default]
+    None,
+    /// HTTP Basic against an htpasswd-style file of bcrypt hashes, read by
+    /// the daemon at load (the core does no I/O).
+    Basic { realm: String, htpasswd: std::path::PathBuf },
+    /// `Authorization: Bearer` against a file of tokens, one a line.
+    Bearer { realm: String, tokens_file: std::path::PathBuf },
 }
 
 /// Every timeout of a service; each bounds one wait, never a whole session.
@@ -127,6 +266,15 @@ pub struct Pool {
     pub passive: PassiveCheck,
     /// A backend coming up ramps its effective weight over this long; `None` is off.
     pub slow_start: Option<Duration>,
+    /// Send a PROXY protocol header first on each backend connection.
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 /// How a pool probes its backends.

@@ -3,6 +3,7 @@
 //! reply still flows back), until both sides finish or the session idles out.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,29 +12,99 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::server::ServiceRuntime;
-use crate::upstream::ConnectOptions;
+use bytes::BytesMut;
+use fulcrum_core::sni::{self, Peek};
 
-/// Serves one tcp-mode client connection.
-pub async fn serve(mut client: TcpStream, service: &ServiceRuntime) {
-    let key = client.peer_addr().map(|a| hash_ip(a.ip())).unwrap_or(0);
+use crate::service::{remember_source, PolicyRuntime, ServiceRuntime, Sticky};
+use crate::upstream::{ConnectOptions, PoolRuntime};
+
+/// Serves one tcp-mode client connection from `client` (the real client:
+/// the peer, or the address a trusted PROXY header gave) to `local`; `first`
+/// holds bytes already read from it.
+pub async fn serve(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    mut first: BytesMut,
+    service: &ServiceRuntime,
+) {
+    let Some((pool, route_policy)) = choose_pool(&mut stream, &mut first, service).await else {
+        return;
+    };
+    if let Some(Err(refusal)) = route_policy.map(|p| p.check_source(client.ip())) {
+        tracing::info!(service = %service.name, client = %client, reason = ?refusal, "tcp session refused by route policy");
+        return;
+    }
+    let now = crate::clock::now();
+    let sticky = Sticky::lookup(&service.persistence, pool, client.ip(), &[], now);
     let opts = ConnectOptions {
-        key,
+        key: hash_ip(client.ip()),
+        prefer: sticky.prefer,
+        ring_key: None,
+        proxy: Some((client, local)),
         retries: service.retries,
         connect_timeout: service.timeouts.connect,
         reuse_within: None,
     };
-    let mut upstream = match service.pool.connect(opts).await {
+    let mut upstream = match pool.connect(opts).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(service = %service.name, error = %e, "tcp session refused");
             return;
         }
     };
-    service.pool.session_ok(upstream.backend);
-    let _session = service.pool.open_session(upstream.backend);
-    if let Err(e) = tunnel(&mut client, &mut upstream.stream, service.timeouts.client_idle).await {
+    remember_source(&service.persistence, pool, client.ip(), upstream.backend, now);
+    pool.session_ok(upstream.backend);
+    let _session = pool.open_session(upstream.backend);
+    if !first.is_empty() && upstream.stream.write_all(&first).await.is_err() {
+        return;
+    }
+    if let Err(e) = tunnel(&mut stream, &mut upstream.stream, service.timeouts.client_idle).await {
         tracing::debug!(service = %service.name, error = %e, "tcp session ended with an error");
+    }
+}
+
+/// The pool of a tcp session: by the TLS server name when the service has
+/// routes (peeking the ClientHello, which stays in `first` to be forwarded
+/// untouched), else the service's pool. `None` refuses the session.
+async fn choose_pool<'s>(
+    stream: &mut TcpStream,
+    first: &mut BytesMut,
+    service: &'s ServiceRuntime,
+) -> Option<(&'s std::sync::Arc<PoolRuntime>, Option<&'s PolicyRuntime>)> {
+    if service.routes.is_empty() {
+        return service.pool.as_ref().map(|p| (p, None));
+    }
+    let deadline = Instant::now() + service.timeouts.request_headers;
+    let name = loop {
+        match sni::peek_server_name(first) {
+            Ok(Peek::ServerName(name)) => break name,
+            Ok(Peek::NeedMore) => {}
+            Err(e) => {
+                tracing::info!(service = %service.name, error = %e, "tcp session refused: no usable TLS ClientHello");
+                return None;
+            }
+        }
+        first.reserve(4096);
+        match tokio::time::timeout_at(deadline, stream.read_buf(first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                tracing::info!(service = %service.name, "tcp session refused: ClientHello incomplete");
+                return None;
+            }
+        }
+    };
+    match service.classify_sni(name.as_deref()) {
+        Some(route) => match &route.pool {
+            Some(pool) => Some((pool, route.policy.as_ref())),
+            None => None,
+        },
+        None => {
+            if service.pool.is_none() {
+                tracing::info!(service = %service.name, server_name = ?name, "tcp session refused: no route for this server name");
+            }
+            service.pool.as_ref().map(|p| (p, None))
+        }
     }
 }
 

@@ -3,10 +3,13 @@
 pub mod agent;
 pub mod backend;
 pub mod check;
+pub mod clock;
 pub mod demo;
+pub mod front;
 pub mod l4;
 pub mod l7;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod upstream;

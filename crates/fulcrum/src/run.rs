@@ -20,7 +20,8 @@ pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
         }
     };
     let Some(runtime) = runtime(workers) else { return ExitCode::FAILURE };
-    let code = runtime.block_on(async { serve(model, crate::shutdown::signal()).await });
+    let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let code = runtime.block_on(async { serve(model, &base, crate::shutdown::signal()).await });
     // Sessions still running after the grace period are cut here.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
@@ -68,10 +69,10 @@ pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
 /// Binds every listener of `model`, prints one `listening` line per listener
 /// on stdout, serves until `stop` resolves, then lets in-flight sessions
 /// finish for up to the grace period.
-pub async fn serve(model: Model, stop: impl Future<Output = ()>) -> ExitCode {
+pub async fn serve(model: Model, base: &Path, stop: impl Future<Output = ()>) -> ExitCode {
     // Before anything is announced: a SIGHUP from then on must find the handler.
     ignore_hangup();
-    let bound = match crate::server::bind(&model) {
+    let bound = match crate::server::bind(&model, base) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");

@@ -5,27 +5,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use fulcrum_core::http::error_response;
-use fulcrum_core::model::{Limits, Mode, Model, OnLimit, Timeouts};
+use fulcrum_core::model::{Mode, Model, OnLimit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::service::ServiceRuntime;
 use crate::upstream::PoolRuntime;
-
-/// A service as the data path sees it.
-pub struct ServiceRuntime {
-    pub name: String,
-    pub mode: Mode,
-    pub timeouts: Timeouts,
-    pub retries: u32,
-    pub pool: Arc<PoolRuntime>,
-    limits: Limits,
-    /// Slots for `limits.max_connections`; `None` when unlimited.
-    slots: Option<Arc<Semaphore>>,
-}
 
 /// Every listener of a configuration, bound and not yet serving.
 pub struct Bound {
@@ -35,30 +25,27 @@ pub struct Bound {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("service {service:?}: cannot listen on {address}: {source}")]
-pub struct BindError {
-    service: String,
-    address: SocketAddr,
-    source: std::io::Error,
+pub enum BindError {
+    #[error("service {service:?}: cannot listen on {address}: {source}")]
+    Listen { service: String, address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Load(#[from] crate::service::LoadError),
 }
 
-/// Binds every listener of `model`; the first failure names its service and address.
-pub fn bind(model: &Model) -> Result<Bound, BindError> {
-    let pools: Vec<Arc<PoolRuntime>> = model.pools.iter().map(|p| Arc::new(PoolRuntime::new(p))).collect();
+/// Binds every listener of `model`; the first failure names its service and
+/// address. Files the model names (htpasswd, tokens) are read relative to `base`.
+pub fn bind(model: &Model, base: &std::path::Path) -> Result<Bound, BindError> {
+    let pools: Vec<Arc<PoolRuntime>> =
+        model.pools.iter().enumerate().map(|(i, p)| Arc::new(PoolRuntime::new(p, i))).collect();
     let mut listeners = Vec::new();
     for s in &model.services {
-        let service = Arc::new(ServiceRuntime {
-            name: s.name.clone(),
-            mode: s.mode,
-            timeouts: s.timeouts.clone(),
-            retries: s.retries,
-            pool: pools[s.pool.0].clone(),
-            limits: s.limits.clone(),
-            slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
-        });
+        let service = Arc::new(ServiceRuntime::new(s, &pools, base)?);
         for &address in &s.listen {
-            let listener =
-                listen(address).map_err(|source| BindError { service: s.name.clone(), address, source })?;
+            let listener = listen(address).map_err(|source| BindError::Listen {
+                service: s.name.clone(),
+                address,
+                source,
+            })?;
             listeners.push((service.clone(), listener));
         }
     }
@@ -85,6 +72,12 @@ impl Bound {
         for pool in &self.pools {
             crate::check::spawn(pool, &shutdown);
         }
+        // One expiry task per service (a service may have several listeners).
+        let mut services: Vec<&Arc<ServiceRuntime>> = self.listeners.iter().map(|(s, _)| s).collect();
+        services.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        for service in services {
+            tokio::spawn(expire_tables(service.clone(), shutdown.clone()));
+        }
         let mut loops = Vec::new();
         for (service, listener) in self.listeners {
             loops.push(tokio::spawn(accept_loop(listener, service, shutdown.clone(), sessions.clone())));
@@ -107,7 +100,7 @@ async fn accept_loop(
             () = shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: pause rather than spin; sessions that end free descriptors.
@@ -124,11 +117,34 @@ async fn accept_loop(
                 refuse(stream, &service).await;
                 return;
             };
+            let mut first = BytesMut::new();
+            let Some(client) = crate::front::client_address(&mut stream, peer, &service, &mut first).await
+            else {
+                return;
+            };
+            let admitted =
+                service.policy.check_source(client.ip()).and_then(|()| service.policy.admit(client.ip()));
+            let _session = match admitted {
+                Ok(slot) => slot,
+                Err(refusal) => return crate::front::refuse(stream, &service, client, &refusal).await,
+            };
             match service.mode {
-                Mode::Tcp => crate::l4::serve(stream, &service).await,
-                Mode::Http => crate::l7::serve(stream, peer, local, &service, &shutdown).await,
+                Mode::Tcp => crate::l4::serve(stream, client, local, first, &service).await,
+                Mode::Http => crate::l7::serve(stream, client, local, first, &service, &shutdown).await,
             }
         });
+    }
+}
+
+/// How often persistence tables drop expired entries (they also expire on lookup).
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn expire_tables(service: Arc<ServiceRuntime>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EXPIRY_INTERVAL) => service.persistence.expire(crate::clock::now()),
+        }
     }
 }
 

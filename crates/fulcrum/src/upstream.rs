@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fulcrum_core::agent::{AgentReport, AgentState};
 use fulcrum_core::health::{current_state, BackendHealth, Change, CurrentState, Health};
-use fulcrum_core::model::{BackendId, HealthCheck, PassiveCheck, Pool, TargetState};
+use fulcrum_core::model::{BackendId, HealthCheck, PassiveCheck, Pool, ProxyVersion, TargetState};
 use fulcrum_core::select::{self, PoolView, Selector};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -17,8 +17,14 @@ use tokio::time::Instant;
 /// A pool as the data path sees it: the selector plus live per-backend state.
 pub struct PoolRuntime {
     pub name: String,
+    /// Position in the configuration's pools: persistence keys carry it.
+    pub index: usize,
+    /// The configuration this runtime was built from.
+    pub model: Pool,
     pub backends: Vec<BackendRuntime>,
     selector: Box<dyn Selector>,
+    /// A consistent-hash ring over the same backends, for header persistence.
+    ring: Box<dyn Selector>,
     /// Most idle connections kept per backend; beyond it a finished one is closed.
     max_idle: usize,
     /// The active check the checker runs (`check.rs`).
@@ -90,6 +96,14 @@ pub enum UpstreamError {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectOptions {
     pub key: u64,
+    /// The backend persistence stuck the client to: tried first while it is
+    /// up and not disabled (a draining backend keeps its sticky clients).
+    pub prefer: Option<BackendId>,
+    /// Pick on the pool's consistent-hash ring with this key (header persistence).
+    pub ring_key: Option<u64>,
+    /// The client and listener addresses to send in a PROXY header first, when
+    /// the pool wants one; such connections are the client's own, never pooled.
+    pub proxy: Option<(SocketAddr, SocketAddr)>,
     /// Further backends to try after a failed connect.
     pub retries: u32,
     pub connect_timeout: Duration,
@@ -98,9 +112,12 @@ pub struct ConnectOptions {
 }
 
 impl PoolRuntime {
-    pub fn new(pool: &Pool) -> Self {
+    pub fn new(pool: &Pool, index: usize) -> Self {
         PoolRuntime {
             name: pool.name.clone(),
+            index,
+            model: pool.clone(),
+            ring: select::build(fulcrum_core::model::Algorithm::Maglev, &pool.backends),
             backends: pool
                 .backends
                 .iter()
@@ -143,6 +160,16 @@ impl PoolRuntime {
         b.up.load(Ordering::Relaxed)
             && b.target.load(Ordering::Relaxed) == TargetState::Enabled as u8
             && b.agent_state.load(Ordering::Relaxed) == AgentState::Up as u8
+            && b.max_connections.is_none_or(|m| b.sessions.load(Ordering::Relaxed) < u64::from(m))
+    }
+
+    /// Whether `id` may keep a client that stuck to it: up, not disabled (a
+    /// draining one may), under its connection limit.
+    pub fn sticky_eligible(&self, id: BackendId) -> bool {
+        let b = self.backend(id);
+        b.up.load(Ordering::Relaxed)
+            && b.target.load(Ordering::Relaxed) != TargetState::Disabled as u8
+            && b.agent_state.load(Ordering::Relaxed) != AgentState::Down as u8
             && b.max_connections.is_none_or(|m| b.sessions.load(Ordering::Relaxed) < u64::from(m))
     }
 
@@ -258,18 +285,25 @@ impl PoolRuntime {
     pub async fn connect(&self, opts: ConnectOptions) -> Result<Upstream, UpstreamError> {
         let mut failed: Vec<BackendId> = Vec::new();
         let mut attempts = String::new();
-        for _ in 0..=opts.retries {
+        for attempt in 0..=opts.retries {
             let view = View { pool: self, failed: &failed };
-            let Some(id) = self.selector.pick(opts.key, &view) else {
+            let sticky = opts.prefer.filter(|&b| attempt == 0 && self.sticky_eligible(b));
+            let picked = match (sticky, opts.ring_key) {
+                (Some(b), _) => Some(b),
+                (None, Some(key)) => self.ring.pick(key, &view),
+                (None, None) => self.selector.pick(opts.key, &view),
+            };
+            let Some(id) = picked else {
                 break;
             };
-            if let Some(within) = opts.reuse_within {
+            let proxy = self.model.proxy_protocol.zip(opts.proxy);
+            if let Some(within) = opts.reuse_within.filter(|_| proxy.is_none()) {
                 if let Some(stream) = self.checkout(id, within) {
                     return Ok(Upstream { backend: id, stream, reused: true });
                 }
             }
             let backend = self.backend(id);
-            match connect(backend.address, opts.connect_timeout).await {
+            match connect(backend.address, opts.connect_timeout, proxy).await {
                 Ok(stream) => return Ok(Upstream { backend: id, stream, reused: false }),
                 Err(e) => {
                     tracing::warn!(pool = %self.name, backend = %backend.name, address = %backend.address, error = %e, "connect failed");
@@ -299,8 +333,8 @@ impl PoolRuntime {
     /// Returns a connection whose exchange ended cleanly to the idle pool,
     /// closing pooled ones idle for `within` or longer.
     pub fn release(&self, id: BackendId, stream: TcpStream, within: Duration) {
-        if self.max_idle == 0 {
-            return; // pooling off: dropping the stream closes it
+        if self.max_idle == 0 || self.model.proxy_protocol.is_some() {
+            return; // pooling off, or a client's own connection: dropping it closes it
         }
         let mut idle = self.backend(id).idle.lock().unwrap_or_else(|p| p.into_inner());
         // Oldest first: expired ones would otherwise sit in CLOSE_WAIT under
@@ -405,11 +439,23 @@ impl PoolView for View<'_> {
     }
 }
 
-async fn connect(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+    proxy: Option<(ProxyVersion, (SocketAddr, SocketAddr))>,
+) -> std::io::Result<TcpStream> {
     let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    let stream = tokio::time::timeout(timeout, socket.connect(address)).await.map_err(|_| {
+    let mut stream = tokio::time::timeout(timeout, socket.connect(address)).await.map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}"))
     })??;
     stream.set_nodelay(true)?;
+    if let Some((version, (client, server))) = proxy {
+        let header = fulcrum_core::proxy::encode(version, client, server);
+        tokio::time::timeout(timeout, tokio::io::AsyncWriteExt::write_all(&mut stream, &header))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "PROXY header not sent in time")
+            })??;
+    }
     Ok(stream)
 }

@@ -146,6 +146,42 @@ algorithm = "least_conn"
 }
 
 #[test]
+fn a_bad_route_regex_fails_check_naming_the_route() {
+    let text = r#"[[service]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+mode = "http"
+
+  [[service.route]]
+  name = "api"
+  path_regex = "^/v(1|2"
+  pool = "api"
+
+  [[service.route]]
+  header = { name = "X-Env", regex = "[z-a]" }
+  status = 403
+
+[[pool]]
+name = "api"
+backend = [{ name = "api1", address = "127.0.0.1:9101" }]
+"#;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, path) = check_text(dir.path(), "routes.toml", text);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "", "no summary for a broken file");
+    let stderr = stderr(&output);
+    let expected = [
+        r#"error: line 8: service "web" route "api": path_regex "^/v(1|2" is not a valid regular expression: unclosed group"#,
+        r#"error: line 12: service "web" route 2: header.regex "[z-a]" is not a valid regular expression: invalid character class range"#,
+    ];
+    for part in expected {
+        assert!(stderr.contains(part), "stderr lacks {part:?}:\n{stderr}");
+    }
+    let total = format!("{}: 2 error(s)", path.display());
+    assert!(stderr.contains(&total), "stderr lacks {total:?}:\n{stderr}");
+}
+
+#[test]
 fn an_unreadable_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = dir.path().join("missing.toml");
@@ -191,5 +227,7 @@ fn every_example_passes_check() {
             checked.push(path);
         }
     }
-    assert!(checked.len() >= 3, "expected quickstart.toml, tcp.toml and health.toml, found {checked:?}");
+    for name in ["quickstart.toml", "tcp.toml", "health.toml", "routing.toml", "sni.toml"] {
+        assert!(checked.iter().any(|p| p.ends_with(name)), "expected examples/{name}, found {checked:?}");
+    }
 }

@@ -213,7 +213,8 @@ fn a_backend_at_its_connection_limit_is_passed_over() {
     cfg = cfg.replacen("weight = 256\n", "weight = 256\nmax_connections = 1\n", 1);
     let f = Fulcrum::start(&cfg, 1);
     let front = f.addr();
-    let held = std::thread::spawn(move || raw(front, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    let held =
+        std::thread::spawn(move || raw(front, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
     arrived.recv_timeout(WAIT).expect("the first request reached gated");
     assert_eq!(get(&f).as_deref(), Ok("b"), "gated is at max_connections");
     release.send(()).expect("release");

@@ -154,24 +154,21 @@ fn shown(r: &Report, h: &Section, key: &str, value: Duration) -> String {
 /// Reports each http-only key in a check of another kind, so a forgotten
 /// `kind = "http"` does not silently turn a path check into none.
 fn only_for_http(r: &mut Report, h: &Section) {
-    let kind = match r.get(h, "kind").and_then(|found| found.value.as_str()) {
-        Some(word) => format!("{} is {word:?}", h.key("kind")),
-        None => format!(r#"{} is not set (so "none"); add kind = "http""#, h.key("kind")),
-    };
     for key in HTTP_KEYS {
-        if let Some(found) = r.get(h, key) {
-            let message = format!(r#"{} is only for kind "http", but {kind}"#, h.key(key));
-            r.error(found.line, &h.path, message);
-        }
+        r.only_for(h, key, "kind", &["http"], "none");
     }
+}
+
+/// Whether `text` is a method as Fulcrum accepts one in config: capital
+/// letters only, like `GET` (the registered methods all are).
+pub(super) fn is_method(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// The http settings of a `kind = "http"` check.
 fn http(r: &mut Report, h: &Section) -> HttpCheck {
     let method = match r.string(h, "method") {
-        Some(m) if !m.value.is_empty() && m.value.bytes().all(|b| b.is_ascii_uppercase()) => {
-            m.value.to_owned()
-        }
+        Some(m) if is_method(m.value) => m.value.to_owned(),
         Some(m) => {
             let message = format!(
                 r#"{} {:?} is not an HTTP method; write it in capital letters, like "GET" or "HEAD""#,

@@ -10,12 +10,17 @@
 //!
 //! The text is parsed into `toml_edit`'s spanned document, then `schema`
 //! reads one table at a time (`checks` the health and passive tables of a
-//! pool) and `validate` checks what spans tables. The
+//! pool; `routes`, `persistence` and `policy` those of a service) and
+//! `validate` checks what spans tables. The
 //! schema itself (keys, types, defaults) is documented in
-//! `examples/quickstart.toml` and at the top of `schema.rs`.
+//! `examples/quickstart.toml` (routing in `examples/routing.toml` and
+//! `examples/sni.toml`) and at the top of each reader.
 
 mod checks;
+mod persistence;
+mod policy;
 mod read;
+mod routes;
 mod schema;
 mod validate;
 
@@ -67,9 +72,9 @@ pub fn load(text: &str) -> Result<Loaded, Vec<ConfigError>> {
 
     let admin = schema::admin(&mut r, &root);
     let runtime = schema::runtime(&mut r, &root);
-    let pool_tables = r.tables(&root, "pool");
+    let pool_tables = r.tables(&root, "pool", "pool");
     let pools = pool_tables.into_iter().enumerate().map(|(i, t)| schema::pool(&mut r, t, i)).collect();
-    let service_tables = r.tables(&root, "service");
+    let service_tables = r.tables(&root, "service", "service");
     let services =
         service_tables.into_iter().enumerate().map(|(i, t)| schema::service(&mut r, t, i)).collect();
     let model = validate::model(&mut r, admin, runtime, services, pools);

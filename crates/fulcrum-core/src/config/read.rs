@@ -55,6 +55,12 @@ impl<'t> Report<'t> {
         self.errors.push(ConfigError { line, path: path.to_owned(), message });
     }
 
+    /// A warning about `key path: what is odd`.
+    pub fn warn(&mut self, line: Option<usize>, path: &str, message: impl AsRef<str>) {
+        let message = format!("{path}: {}", message.as_ref());
+        self.warnings.push(ConfigError { line, path: path.to_owned(), message });
+    }
+
     /// A warning whose message goes on from the thing's name.
     pub fn warn_on(&mut self, line: Option<usize>, path: &str, predicate: &str) {
         let message = format!("{path} {predicate}");
@@ -133,12 +139,19 @@ impl<'t> Report<'t> {
         }
     }
 
-    /// `key` as an array of tables (`[[pool]]`, or `pool = [{ … }]`); absent is empty.
-    pub fn tables<'d>(&mut self, s: &Section<'d>, key: &str) -> Vec<Located<&'d dyn TableLike>> {
+    /// `key` as an array of tables (`[[pool]]`, or `pool = [{ … }]`); absent
+    /// is empty. `header` is the tables' header as written in the file
+    /// (`pool.backend`), for the message about a wrong shape.
+    pub fn tables<'d>(
+        &mut self,
+        s: &Section<'d>,
+        key: &str,
+        header: &str,
+    ) -> Vec<Located<&'d dyn TableLike>> {
         let Some(found) = self.get(s, key) else {
             return Vec::new();
         };
-        let wanted = format!("an array of tables, one [[{}]] each", s.key(key));
+        let wanted = format!("an array of tables, one [[{header}]] each");
         match found.value {
             Item::ArrayOfTables(array) => array
                 .iter()
@@ -183,6 +196,17 @@ impl<'t> Report<'t> {
             Some(value) => Some(Located { value, line: found.line }),
             None => {
                 self.wrong_type(s, key, found, "an integer");
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, s: &Section<'_>, key: &str) -> Option<Located<bool>> {
+        let found = self.get(s, key)?;
+        match found.value.as_bool() {
+            Some(value) => Some(Located { value, line: found.line }),
+            None => {
+                self.wrong_type(s, key, found, "a boolean (true or false)");
                 None
             }
         }
@@ -285,6 +309,22 @@ impl<'t> Report<'t> {
         }
     }
 
+    /// Reports `key`, if given, as belonging to other values of the
+    /// `selector` key: `health.path is only for kind "http", but health.kind
+    /// is "tcp"`. `allowed` are the selector's words that read `key`;
+    /// `default` is what an unset selector means.
+    pub fn only_for(&mut self, s: &Section<'_>, key: &str, selector: &str, allowed: &[&str], default: &str) {
+        let Some(found) = self.get(s, key) else { return };
+        let words: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+        let words = words.join(" or ");
+        let actual = match self.get(s, selector).and_then(|f| f.value.as_str()) {
+            Some(word) => format!("{} is {word:?}", s.key(selector)),
+            None => format!("{} is not set (so {default:?}); add {selector} = {words}", s.key(selector)),
+        };
+        let message = format!("{} is only for {selector} {words}, but {actual}", s.key(key));
+        self.error(found.line, &s.path, message);
+    }
+
     /// The item under `key` and its line (the value's, else the key's, else the table's).
     pub fn get<'d>(&self, s: &Section<'d>, key: &str) -> Option<Located<&'d Item>> {
         let (k, item) = s.table.get_key_value(key)?;
@@ -333,7 +373,8 @@ fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
         .map(|(_, k)| k)
 }
 
-fn kind_of(item: &Item) -> &'static str {
+/// What a TOML item is, in words for "must be …, found …" messages.
+pub(super) fn kind_of(item: &Item) -> &'static str {
     match item {
         Item::Value(v) => kind(v),
         Item::Table(_) => "a table",

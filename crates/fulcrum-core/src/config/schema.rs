@@ -5,32 +5,57 @@
 //! collide) is checked in `validate`. A reader records every problem in the
 //! `Report` and carries on with the default in place of a bad value: the
 //! model is built only from a file with no error, so those stand-ins are
-//! never seen, and every later key still gets checked.
+//! never seen, and every later key still gets checked. A service's routes,
+//! persistence and policy have their own files: `routes`, `persistence`,
+//! `policy`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use toml_edit::{Item, TableLike};
 
-use super::checks;
 use super::read::{Located, Report, Section};
+use super::routes::RouteRead;
+use super::{checks, persistence, policy, routes};
 use crate::model::{
-    Admin, Algorithm, HealthCheck, Limits, Mode, OnLimit, PassiveCheck, Runtime, TargetState, Timeouts,
+    Admin, Algorithm, HealthCheck, Limits, Mode, OnLimit, PassiveCheck, Persistence, Policy, ProxyVersion,
+    Runtime, TargetState, Timeouts,
 };
 
 pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool"];
 const ADMIN_KEYS: &[&str] = &["listen"];
 const RUNTIME_KEYS: &[&str] = &["shutdown_grace"];
-const SERVICE_KEYS: &[&str] = &["name", "listen", "mode", "pool", "retries", "timeouts", "limits"];
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "mode",
+    "pool",
+    "retries",
+    "timeouts",
+    "limits",
+    "route",
+    "persistence",
+    "policy",
+    "accept_proxy_protocol",
+    "trusted_proxies",
+];
 const TIMEOUT_KEYS: &[&str] =
     &["connect", "client_idle", "backend_idle", "request_headers", "backend_response"];
 const LIMIT_KEYS: &[&str] = &["max_connections", "on_limit", "queue_timeout"];
-const POOL_KEYS: &[&str] =
-    &["name", "algorithm", "max_idle_per_backend", "slow_start", "health", "passive", "backend"];
+const POOL_KEYS: &[&str] = &[
+    "name",
+    "algorithm",
+    "max_idle_per_backend",
+    "slow_start",
+    "proxy_protocol",
+    "health",
+    "passive",
+    "backend",
+];
 const BACKEND_KEYS: &[&str] = &["name", "address", "weight", "state", "max_connections", "agent"];
 
-/// The words of `Mode`, `Algorithm`, `OnLimit` and `TargetState` as their
-/// serde derives spell them.
+/// The words of `Mode`, `Algorithm`, `OnLimit`, `TargetState` and
+/// `ProxyVersion` as their serde derives spell them.
 pub(super) const MODES: &[&str] = &["http", "tcp"];
 pub(super) const ALGORITHMS: &[&str] = &[
     "round_robin",
@@ -43,6 +68,7 @@ pub(super) const ALGORITHMS: &[&str] = &[
 ];
 pub(super) const ON_LIMITS: &[&str] = &["queue", "refuse"];
 pub(super) const TARGET_STATES: &[&str] = &["enabled", "drain", "disabled"];
+pub(super) const PROXY_VERSIONS: &[&str] = &["v1", "v2"];
 
 /// Past ten, retries only multiply how long a client waits on a dead pool.
 const MAX_RETRIES: i64 = 10;
@@ -79,15 +105,22 @@ pub(super) fn runtime(r: &mut Report, root: &Section) -> Runtime {
     Runtime { shutdown_grace }
 }
 
-/// One `[[service]]` as far as it can be read alone: its pool is still a name.
+/// One `[[service]]` as far as it can be read alone: its pools (its own
+/// and its routes') are still names.
 pub(super) struct ServiceRead<'d> {
     /// `service "web"`, or `service 2` when it has no name.
     pub path: String,
     pub name: Option<Located<&'d str>>,
     /// The listen addresses that parsed, for the collision check.
     pub listen: Vec<Located<SocketAddr>>,
+    /// The default pool; optional in http mode, and in tcp mode with sni routes.
     pub pool: Option<Located<&'d str>>,
     pub mode: Option<Mode>,
+    pub routes: Vec<RouteRead<'d>>,
+    pub persistence: Persistence,
+    pub policy: Policy,
+    pub accept_proxy_protocol: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub retries: u32,
@@ -101,7 +134,7 @@ pub(super) fn service<'d>(
 ) -> ServiceRead<'d> {
     let path = label("service", table.value, index);
     let s = r.section(path, "", table.value, table.line, SERVICE_KEYS);
-    r.require(&s, &["name", "listen", "mode", "pool"]);
+    r.require(&s, &["name", "listen", "mode"]);
     let name = name(r, &s);
 
     let mut listen = Vec::new();
@@ -138,18 +171,92 @@ pub(super) fn service<'d>(
         },
         None => Limits { max_connections: None, on_limit: OnLimit::Queue, queue_timeout: QUEUE_TIMEOUT },
     };
-    ServiceRead { path: s.path, name, listen, pool, mode, timeouts, limits, retries }
+    let routes = routes::routes(r, &s, mode);
+    default_pool(r, &s, mode, &routes);
+    let persistence = persistence::persistence(r, &s, mode);
+    let policy = policy::service_policy(r, &s, mode);
+    let (accept_proxy_protocol, trusted_proxies) = proxy_protocol(r, &s);
+    ServiceRead {
+        path: s.path,
+        name,
+        listen,
+        pool,
+        mode,
+        routes,
+        persistence,
+        policy,
+        accept_proxy_protocol,
+        trusted_proxies,
+        timeouts,
+        limits,
+        retries,
+    }
+}
+
+/// A service without `pool`: an error in tcp mode unless it routes by sni
+/// (a connection needs somewhere to go before any byte is read), and a
+/// warning in http mode without routes, where every request would get 404.
+fn default_pool(r: &mut Report, s: &Section, mode: Option<Mode>, routes: &[RouteRead]) {
+    if s.has("pool") {
+        return;
+    }
+    match mode {
+        Some(Mode::Tcp) if !routes.iter().any(|route| route.sni_given) => {
+            let message = r#"missing required key "pool": a tcp service sends every connection to its pool, unless it routes by TLS server name ([[service.route]] tables with sni = "…")"#;
+            r.error(s.line, &s.path, message);
+        }
+        Some(Mode::Http) if routes.is_empty() && !s.has("route") => {
+            let message = r#"has no pool and no routes, so it answers every request with 404; add pool = "NAME" or [[service.route]] tables"#;
+            r.warn_on(s.line, &s.path, message);
+        }
+        _ => {}
+    }
+}
+
+/// `accept_proxy_protocol` and the `trusted_proxies` it needs: believing a
+/// PROXY header from anyone would let any client claim any address.
+fn proxy_protocol(r: &mut Report, s: &Section) -> (bool, Vec<ipnet::IpNet>) {
+    let accept = r.boolean(s, "accept_proxy_protocol");
+    let actual = match accept {
+        Some(a) if a.value => None,
+        Some(_) => Some("accept_proxy_protocol is false"),
+        // Not a boolean (reported): whether it meant true is a guess.
+        None if s.has("accept_proxy_protocol") => return (false, Vec::new()),
+        None => Some("accept_proxy_protocol is not set (so false)"),
+    };
+    if let Some(actual) = actual {
+        if let Some(found) = r.get(s, "trusted_proxies") {
+            let message = format!(
+                "trusted_proxies is only for accept_proxy_protocol = true, but {actual}; \
+                 set it to read a PROXY protocol header from the load balancers listed"
+            );
+            r.error(found.line, &s.path, message);
+        }
+        return (false, Vec::new());
+    }
+    if !s.has("trusted_proxies") {
+        let message = r#"accept_proxy_protocol is true, but trusted_proxies is not set; list the load balancers whose PROXY headers to believe, like trusted_proxies = ["10.0.0.5"]"#;
+        r.error(accept.and_then(|a| a.line), &s.path, message);
+    }
+    let empty = r#"trusted_proxies is empty, so no PROXY header would be believed; list the load balancers in front of this service, like ["10.0.0.5", "10.1.0.0/24"]"#;
+    let trusted = policy::nets(r, s, "trusted_proxies", Some(empty));
+    (true, trusted.unwrap_or_default())
 }
 
 fn max_connections(r: &mut Report, l: &Section) -> Option<u32> {
-    let n = r.integer(l, "max_connections")?;
+    limit(r, l, "max_connections")
+}
+
+/// A limit that is off when left out: an integer from 1, where 0 is an
+/// error rather than "none" so that none is written one way.
+pub(super) fn limit(r: &mut Report, s: &Section, key: &str) -> Option<u32> {
+    let n = r.integer(s, key)?;
     if n.value < 1 {
-        let message =
-            format!("{} {} is below 1; leave it out for no limit", l.key("max_connections"), n.value);
-        r.error(n.line, &l.path, message);
+        let message = format!("{} {} is below 1; leave it out for no limit", s.key(key), n.value);
+        r.error(n.line, &s.path, message);
         return None;
     }
-    bounded(r, l, "max_connections", 1, i64::from(u32::MAX))
+    bounded(r, s, key, 1, i64::from(u32::MAX))
 }
 
 /// One `[[pool]]` with its backends, as far as it can be read alone.
@@ -161,6 +268,7 @@ pub(super) struct PoolRead<'d> {
     pub algorithm: Algorithm,
     pub max_idle_per_backend: usize,
     pub slow_start: Option<Duration>,
+    pub proxy_protocol: Option<ProxyVersion>,
     pub health: HealthCheck,
     pub passive: PassiveCheck,
     pub backends: Vec<BackendRead<'d>>,
@@ -192,11 +300,12 @@ pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index:
     let max_idle_per_backend =
         bounded(r, &s, "max_idle_per_backend", 0, i64::from(u32::MAX)).unwrap_or(MAX_IDLE_PER_BACKEND);
     let slow_start = slow_start(r, &s);
+    let proxy_protocol = r.choice(&s, "proxy_protocol", PROXY_VERSIONS);
     let health = checks::health(r, &s);
     let passive = checks::passive(r, &s);
 
     let reported = r.error_count();
-    let tables = r.tables(&s, "backend");
+    let tables = r.tables(&s, "backend", "pool.backend");
     if tables.is_empty() && r.error_count() == reported {
         r.error_on(s.line, &s.path, "has no backends; add at least one [[pool.backend]] table");
     }
@@ -208,6 +317,7 @@ pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index:
         algorithm,
         max_idle_per_backend,
         slow_start,
+        proxy_protocol,
         health,
         passive,
         backends,
@@ -266,7 +376,7 @@ fn backend<'d>(
 }
 
 /// `name`, which must not be empty.
-fn name<'d>(r: &mut Report, s: &Section<'d>) -> Option<Located<&'d str>> {
+pub(super) fn name<'d>(r: &mut Report, s: &Section<'d>) -> Option<Located<&'d str>> {
     let name = r.string(s, "name")?;
     if name.value.is_empty() {
         r.error(name.line, &s.path, "name is empty");
@@ -277,7 +387,7 @@ fn name<'d>(r: &mut Report, s: &Section<'d>) -> Option<Located<&'d str>> {
 
 /// The words naming a table in messages: by its name when it has a usable
 /// one, else by its 1-based position.
-fn label(kind: &str, table: &dyn TableLike, index: usize) -> String {
+pub(super) fn label(kind: &str, table: &dyn TableLike, index: usize) -> String {
     match table.get("name").and_then(Item::as_str).filter(|n| !n.is_empty()) {
         Some(name) => format!("{kind} {name:?}"),
         None => format!("{kind} {}", index + 1),

@@ -1,13 +1,17 @@
-//! Checks that take more than one entity — unique names, pools that exist,
-//! listen addresses that do not collide, pools that are used, agent checks
-//! with an agent to ask — and the assembly of the model once nothing is wrong.
+//! Checks that take more than one entity — unique names, pools that exist
+//! (named by services and by their routes), listen addresses that do not
+//! collide, pools that are used, agent checks with an agent to ask — and the
+//! assembly of the model once nothing is wrong.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use super::read::{Located, Report};
+use super::routes::{ActionRead, RouteRead};
 use super::schema::{PoolRead, ServiceRead};
-use crate::model::{Admin, Backend, BackendId, CheckKind, Model, Pool, PoolId, Runtime, Service};
+use crate::model::{
+    Admin, Backend, BackendId, CheckKind, Model, Pool, PoolId, Route, RouteAction, Runtime, Service,
+};
 
 /// Cross-checks what `schema` read and, when the whole file is free of
 /// errors, builds the model from it.
@@ -26,7 +30,11 @@ pub(super) fn model(
     for pool in &pools {
         unique_names(r, "backend", pool.backends.iter().map(|b| (b.path.as_str(), b.name)));
     }
-    let pool_ids = resolve_pools(r, &services, &pools);
+    for service in &services {
+        unique_names(r, "route", service.routes.iter().map(|route| (route.path.as_str(), route.given_name)));
+    }
+    let pool_ids = pool_ids(&pools);
+    resolve_pools(r, &services, &pools, &pool_ids);
     agents_present(r, &pools);
     listen_collisions(r, admin.as_ref(), &services);
     if r.has_errors() {
@@ -35,7 +43,7 @@ pub(super) fn model(
     Some(Model {
         admin: admin.map(|a| a.value),
         runtime,
-        services: services.into_iter().zip(pool_ids).map(build_service).collect::<Option<_>>()?,
+        services: services.into_iter().map(|s| build_service(s, &pool_ids)).collect::<Option<_>>()?,
         pools: pools.into_iter().map(build_pool).collect::<Option<_>>()?,
     })
 }
@@ -61,39 +69,44 @@ fn unique_names<'d>(
     }
 }
 
-/// The pool id of each service (in order), reporting services that name a
-/// missing pool and warning about pools no service names.
-fn resolve_pools(r: &mut Report, services: &[ServiceRead], pools: &[PoolRead]) -> Vec<Option<PoolId>> {
-    let mut ids: HashMap<&str, PoolId> = HashMap::new();
+/// Each pool's id by its name (the first pool of a name, if two share one).
+fn pool_ids<'d>(pools: &[PoolRead<'d>]) -> HashMap<&'d str, PoolId> {
+    let mut ids = HashMap::new();
     for (i, pool) in pools.iter().enumerate() {
         if let Some(name) = pool.name {
             ids.entry(name.value).or_insert(PoolId(i));
         }
     }
+    ids
+}
+
+/// Reports every pool a service or a route names that is not defined, and
+/// warns about pools nothing names.
+fn resolve_pools(r: &mut Report, services: &[ServiceRead], pools: &[PoolRead], ids: &HashMap<&str, PoolId>) {
     let mut used = HashSet::new();
-    let resolved = services
-        .iter()
-        .map(|service| {
-            let wanted = service.pool?;
-            let id = ids.get(wanted.value).copied();
-            match id {
+    for service in services {
+        let routes = service.routes.iter().filter_map(|route| match &route.action {
+            Some(ActionRead::Pool(name)) => Some((route.path.as_str(), *name)),
+            _ => None,
+        });
+        let named = service.pool.map(|name| (service.path.as_str(), name)).into_iter().chain(routes);
+        for (path, wanted) in named {
+            match ids.get(wanted.value) {
                 Some(id) => {
-                    used.insert(id);
+                    used.insert(*id);
                 }
                 None => {
                     let message = format!("pool {:?} is not defined ({})", wanted.value, defined(pools));
-                    r.error(wanted.line, &service.path, message);
+                    r.error(wanted.line, path, message);
                 }
             }
-            id
-        })
-        .collect();
+        }
+    }
     for (i, pool) in pools.iter().enumerate() {
         if pool.name.is_some() && !used.contains(&PoolId(i)) {
             r.warn_on(pool.line, &pool.path, "is not used by any service");
         }
     }
-    resolved
 }
 
 /// `pools defined: "web", "api"`, to show what a pool reference could have said.
@@ -170,16 +183,35 @@ fn at(line: Option<usize>) -> String {
     line.map(|l| format!(" at line {l}")).unwrap_or_default()
 }
 
-fn build_service((s, pool): (ServiceRead, Option<PoolId>)) -> Option<Service> {
+/// The service of a file with no error; `None` only if a reader left a
+/// part out without reporting it (`load` then reports a bug).
+fn build_service(s: ServiceRead, ids: &HashMap<&str, PoolId>) -> Option<Service> {
+    let pool = match s.pool {
+        Some(name) => Some(*ids.get(name.value)?),
+        None => None,
+    };
     Some(Service {
         name: s.name?.value.to_owned(),
         listen: s.listen.iter().map(|l| l.value).collect(),
         mode: s.mode?,
-        pool: pool?,
+        pool,
+        routes: s.routes.into_iter().map(|route| build_route(route, ids)).collect::<Option<_>>()?,
+        persistence: s.persistence,
+        policy: s.policy,
+        accept_proxy_protocol: s.accept_proxy_protocol,
+        trusted_proxies: s.trusted_proxies,
         timeouts: s.timeouts,
         limits: s.limits,
         retries: s.retries,
     })
+}
+
+fn build_route(route: RouteRead, ids: &HashMap<&str, PoolId>) -> Option<Route> {
+    let action = match route.action? {
+        ActionRead::Pool(name) => RouteAction::Pool(*ids.get(name.value)?),
+        ActionRead::Answer(answer) => answer,
+    };
+    Some(Route { name: route.name, matcher: route.matcher, action, policy: route.policy })
 }
 
 fn build_pool(p: PoolRead) -> Option<Pool> {
@@ -202,5 +234,6 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
         health: p.health,
         passive: p.passive,
         slow_start: p.slow_start,
+        proxy_protocol: p.proxy_protocol,
     })
 }

@@ -173,23 +173,40 @@ pub fn write_response_head(
 /// A complete short response Fulcrum answers by itself (errors, refusals).
 pub fn error_response(status: u16, message: &str, close: bool) -> Vec<u8> {
     let body = format!("{status} {}: {message}\n", reason(status));
-    let connection = if close { "close" } else { "keep-alive" };
-    format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    )
-    .into_bytes()
+    simple_response(status, &[("Content-Type", "text/plain; charset=utf-8")], &body, close)
+}
+
+/// A complete response with `headers` (name, value) and `body`: refusals
+/// with their `WWW-Authenticate` or `Retry-After`, redirects, fixed answers.
+pub fn simple_response(status: u16, headers: &[(&str, &str)], body: &str, close: bool) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
+    for (name, value) in headers {
+        put(&mut out, name, value.as_bytes());
+    }
+    put(&mut out, "Content-Length", body.len().to_string().as_bytes());
+    put(&mut out, "Connection", if close { b"close" } else { b"keep-alive" });
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// The reason phrase of a status Fulcrum generates.
-fn reason(status: u16) -> &'static str {
+pub fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         414 => "URI Too Long",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",

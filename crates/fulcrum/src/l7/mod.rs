@@ -14,16 +14,20 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use fulcrum_core::http::{
-    error_response, is_idempotent, parse_request, parse_response, write_request_head, write_response_head,
-    BodyKind, ClientInfo, HeadError, RequestHead, ResponseFraming, ResponseHead, Version,
+    error_response, is_idempotent, parse_request, parse_response, simple_response, write_request_head,
+    write_response_head, BodyKind, ClientInfo, HeadError, Header, RequestHead, ResponseFraming, ResponseHead,
+    Version,
 };
+use fulcrum_core::model::{BackendId, RouteAction};
+use fulcrum_core::persist;
+use fulcrum_core::route::{normalize_path, RequestView};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::ServiceRuntime;
-use crate::upstream::{ConnectOptions, Upstream};
+use crate::service::{remember_source, PersistRuntime, ServiceRuntime, Sticky};
+use crate::upstream::{ConnectOptions, PoolRuntime, Upstream};
 use body::{CopyError, Encode};
 
 /// A client connection and the bytes read from it but not yet used.
@@ -59,10 +63,13 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    first: BytesMut,
     service: &ServiceRuntime,
     shutdown: &CancellationToken,
 ) {
-    let mut client = Client { stream, buf: BytesMut::with_capacity(8 * 1024) };
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    buf.extend_from_slice(&first);
+    let mut client = Client { stream, buf };
     let info = ClientInfo { client: peer, listener: local };
     loop {
         let head = match read_request(&mut client, service, shutdown).await {
@@ -156,38 +163,85 @@ async fn exchange(
     shutdown: &CancellationToken,
 ) -> Next {
     let t = &service.timeouts;
+    let no_body = head.body == BodyKind::None;
+    // A request answered here keeps the connection only if nothing of it is left unread.
+    let keep = no_body && head.keep_alive && !shutdown.is_cancelled();
+    let authorization = head.headers.iter().find(|h| h.is("authorization")).map(|h| h.value.as_slice());
+    if let Err(refusal) = service.policy.check_auth(authorization).await {
+        return answer(client, crate::front::refusal_response(&refusal, !keep), keep).await;
+    }
+    // Routes see the path normalised, so `/%61dmin` or `/x/../admin` cannot
+    // slip past a route for `/admin`; the backend gets the target as sent.
+    let mut view = RequestView::of(head);
+    let path = normalize_path(view.path);
+    view.path = &path;
+    let route = service.classify(&view);
+    if let Some(policy) = route.and_then(|r| r.policy.as_ref()) {
+        let allowed = match policy.check_source(info.client.ip()) {
+            Ok(()) => policy.check_auth(authorization).await,
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(refusal) = allowed {
+            return answer(client, crate::front::refusal_response(&refusal, !keep), keep).await;
+        }
+    }
+    let pool = match route.map(|r| (&r.route.action, r.pool.as_ref())) {
+        Some((RouteAction::Redirect { status, location }, _)) => {
+            return answer(client, simple_response(*status, &[("Location", location)], "", !keep), keep)
+                .await;
+        }
+        Some((RouteAction::Respond { status, body }, _)) => {
+            let headers = [("Content-Type", "text/plain; charset=utf-8")];
+            return answer(client, simple_response(*status, &headers, body, !keep), keep).await;
+        }
+        Some((RouteAction::Pool(_), pool)) => pool,
+        None => service.pool.as_ref(),
+    };
+    let Some(pool) = pool else {
+        return reply_error(client, 404, "no route matches this request", keep).await;
+    };
+
     let mut out = Vec::with_capacity(1024);
     write_request_head(head, info, &mut out);
     // Only a request with no body can be sent again: its bytes are all in `out`.
-    let replayable = head.body == BodyKind::None && is_idempotent(&head.method);
-    let no_body = head.body == BodyKind::None;
+    let replayable = no_body && is_idempotent(&head.method);
+    let now = crate::clock::now();
+    let sticky = Sticky::lookup(&service.persistence, pool, info.client.ip(), &head.headers, now);
     let mut opts = ConnectOptions {
         key: crate::l4::hash_ip(info.client.ip()),
+        prefer: sticky.prefer,
+        ring_key: sticky.ring_key,
+        proxy: Some((info.client, info.listener)),
         retries: service.retries,
         connect_timeout: t.connect,
         reuse_within: Some(t.backend_idle),
     };
     loop {
-        let mut up = match service.pool.connect(opts).await {
+        let mut up = match pool.connect(opts).await {
             Ok(up) => up,
             Err(e) => return reply_error(client, 503, &e.to_string(), no_body && head.keep_alive).await,
         };
-        let _session = service.pool.open_session(up.backend);
-        let outcome = relay(client, &mut up, &out, head, service, shutdown).await;
+        let _session = pool.open_session(up.backend);
+        remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
+        let backend = up.backend;
+        let mut on_head = |response: &mut ResponseHead| {
+            persistence_on_response(&service.persistence, pool, backend, sticky, response, now);
+        };
+        let outcome = relay(client, &mut up, &out, head, service, pool, shutdown, &mut on_head).await;
         // Passive checks learn from every exchange the backend had a part in.
         match &outcome {
             Ok(Relayed::Response { status, .. }) if *status >= 500 => {
-                service.pool.session_failed(up.backend, &format!("HTTP {status}"))
+                pool.session_failed(up.backend, &format!("HTTP {status}"))
             }
-            Ok(_) => service.pool.session_ok(up.backend),
-            Err(Failure::Backend(why)) => service.pool.session_failed(up.backend, why),
-            Err(Failure::Timeout) => service.pool.session_failed(up.backend, "no response in time"),
+            Ok(_) => pool.session_ok(up.backend),
+            Err(Failure::Backend(why)) => pool.session_failed(up.backend, why),
+            Err(Failure::Timeout) => pool.session_failed(up.backend, "no response in time"),
             Err(Failure::Stale | Failure::Client(_) | Failure::Unforwardable(_)) => {}
         }
         return match outcome {
             Ok(Relayed::Response { keep_client, reusable, .. }) => {
                 if reusable {
-                    service.pool.release(up.backend, up.stream, t.backend_idle);
+                    pool.release(up.backend, up.stream, t.backend_idle);
                 }
                 if keep_client {
                     Next::KeepAlive
@@ -209,7 +263,7 @@ async fn exchange(
                 reply_error(client, 502, msg, false).await
             }
             Err(Failure::Backend(why)) => {
-                let backend = service.pool.backend(up.backend);
+                let backend = pool.backend(up.backend);
                 tracing::warn!(service = %service.name, backend = %backend.name, error = %why, "backend failed before responding");
                 reply_error(client, 502, &why, false).await
             }
@@ -231,13 +285,16 @@ async fn exchange(
 /// for backends that answer before they have read everything. Interim (1xx)
 /// responses are relayed to HTTP/1.1 clients. `Err` means no response head
 /// reached the client.
+#[allow(clippy::too_many_arguments)] // one exchange's whole context; a struct would only rename it
 async fn relay(
     client: &mut Client,
     up: &mut Upstream,
     out: &[u8],
     head: &RequestHead,
     service: &ServiceRuntime,
+    pool: &PoolRuntime,
     shutdown: &CancellationToken,
+    on_head: &mut (dyn FnMut(&mut ResponseHead) + Send),
 ) -> Result<Relayed, Failure> {
     let t = &service.timeouts;
     if let Err(e) = body::write(&mut up.stream, out, t.backend_response).await {
@@ -292,7 +349,9 @@ async fn relay(
             () = timer => return Err(Failure::Timeout),
         }
     };
+    let mut response = response;
     bbuf.advance(response.head_len);
+    on_head(&mut response);
     let status = response.status;
     if status == 101 {
         if uploading {
@@ -350,7 +409,7 @@ async fn relay(
     if let Err(e) = downloaded {
         // Never pretend a broken response finished: closing tells the client.
         if e.is_sender() {
-            let name = &service.pool.backend(up.backend).name;
+            let name = &pool.backend(up.backend).name;
             tracing::warn!(service = %service.name, backend = %name, error = %e, "response body broken");
         }
         return Ok(Relayed::Response { status, keep_client: false, reusable: false });
@@ -413,6 +472,44 @@ async fn upgrade(
     client.buf.clear();
     let _ = crate::l4::tunnel(&mut client.stream, &mut up.stream, idle).await;
     Next::Close
+}
+
+/// Sends a response Fulcrum made itself; keeps the connection only if `keep`.
+async fn answer(client: &mut Client, response: Vec<u8>, keep: bool) -> Next {
+    if client.stream.write_all(&response).await.is_err() || !keep {
+        return Next::Close;
+    }
+    Next::KeepAlive
+}
+
+/// What persistence does with a backend's response: insert mode sets its
+/// cookie when the client's did not name this backend; learn mode maps the
+/// application's cookie to the backend that set it.
+fn persistence_on_response(
+    persistence: &PersistRuntime,
+    pool: &PoolRuntime,
+    backend: BackendId,
+    sticky: Sticky,
+    response: &mut ResponseHead,
+    now: Duration,
+) {
+    let PersistRuntime::Cookie { config, learned } = persistence else { return };
+    match learned {
+        None if sticky.cookie_backend != Some(backend) => {
+            let id = persist::cookie_id(&pool.name, &pool.backend(backend).name);
+            let value = persist::set_cookie(config, &id);
+            response.headers.push(Header { name: "Set-Cookie".into(), value: value.into_bytes() });
+        }
+        None => {}
+        Some(table) => {
+            for h in response.headers.iter().filter(|h| h.is("set-cookie")) {
+                if let Some(v) = persist::learned_cookie(&h.value, &config.name) {
+                    let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+                    table.insert((pool.index, v.to_owned()), backend, now);
+                }
+            }
+        }
+    }
 }
 
 /// Answers the client with an error; keeps the connection only if `keep`.

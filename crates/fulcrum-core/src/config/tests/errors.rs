@@ -46,7 +46,18 @@ fn missing_required_keys_are_each_reported_at_the_table() {
             r#"line 1: service 1: missing required key "name""#,
             r#"line 1: service 1: missing required key "listen""#,
             r#"line 1: service 1: missing required key "mode""#,
-            r#"line 1: service 1: missing required key "pool""#,
+            r#"line 6: pool "web" backend 1: missing required key "name""#,
+            r#"line 6: pool "web" backend 1: missing required key "address""#,
+        ],
+    );
+    // Whether a service needs a pool depends on its mode (see `routes.rs`):
+    // a tcp service without sni routes does.
+    assert_errors(
+        &text.replace("retries = 1", "mode = \"tcp\""),
+        &[
+            r#"line 1: service 1: missing required key "name""#,
+            r#"line 1: service 1: missing required key "listen""#,
+            r#"line 1: service 1: missing required key "pool": a tcp service sends every connection to its pool, unless it routes by TLS server name ([[service.route]] tables with sni = "…")"#,
             r#"line 6: pool "web" backend 1: missing required key "name""#,
             r#"line 6: pool "web" backend 1: missing required key "address""#,
         ],
@@ -335,6 +346,13 @@ fn wrong_table_shapes_are_errors() {
         &[r#"line 6: service "web": timeouts must be a table, found a string"#],
     );
     assert_errors(&format!("admin = 1\n{VALID}"), &["line 1: admin must be a table, found an integer"]);
+    let backends = VALID.find("  [[pool.backend]]").unwrap_or(VALID.len());
+    assert_errors(
+        &format!("{}backend = 1\n", &VALID[..backends]),
+        &[
+            r#"line 9: pool "web": backend must be an array of tables, one [[pool.backend]] each, found an integer"#,
+        ],
+    );
     assert_errors("", &["no service is defined; add a [[service]] table"]);
 }
 

@@ -1,15 +1,21 @@
 //! Unit tests of `load`: the model a valid file gives (`mod.rs`), each error
-//! (`errors.rs`), the health and load keys (`checks.rs`), and that no text
-//! makes `load` panic (`props.rs`).
+//! (`errors.rs`), the health and load keys (`checks.rs`), routes
+//! (`routes.rs`), persistence (`persistence.rs`), policy and client
+//! addresses (`policy.rs`), and that no text makes `load` panic (`props.rs`).
 
 mod checks;
 mod errors;
+mod persistence;
+mod policy;
 mod props;
+mod routes;
 
 use std::time::Duration;
 
 use super::*;
-use crate::model::{Algorithm, BackendId, CheckKind, Mode, OnLimit, PoolId, TargetState};
+use crate::model::{
+    Algorithm, BackendId, CheckKind, Mode, OnLimit, Persistence, Policy, PoolId, ProxyVersion, TargetState,
+};
 
 /// The smallest useful file; tests edit it with `str::replace`. Line
 /// numbers in expected messages count from its first line.
@@ -69,7 +75,12 @@ fn the_minimal_file_gets_every_default() {
     assert_eq!(service.name, "web");
     assert_eq!(service.listen, vec!["127.0.0.1:8080".parse().expect("literal")]);
     assert_eq!(service.mode, Mode::Http);
-    assert_eq!(service.pool, PoolId(0));
+    assert_eq!(service.pool, Some(PoolId(0)));
+    assert_eq!(service.routes, []);
+    assert_eq!(service.persistence, Persistence::None);
+    assert_eq!(service.policy, Policy::default());
+    assert!(!service.accept_proxy_protocol);
+    assert_eq!(service.trusted_proxies, []);
     assert_eq!(service.retries, 2);
     let t = &service.timeouts;
     assert_eq!(t.connect, Duration::from_secs(3));
@@ -89,6 +100,7 @@ fn the_minimal_file_gets_every_default() {
     assert!(pool.backends.iter().all(|b| b.state == TargetState::Enabled));
     assert!(pool.backends.iter().all(|b| b.max_connections.is_none() && b.agent.is_none()));
     assert_eq!(pool.slow_start, None);
+    assert_eq!(pool.proxy_protocol, None);
     assert_eq!(pool.health.kind, CheckKind::None);
     assert_eq!(pool.passive.consecutive_failures, 5, "passive checks are on by default");
 }
@@ -133,7 +145,7 @@ fn every_key_is_read() {
     let service = &model.services[0];
     assert_eq!(service.listen.len(), 2);
     assert_eq!(service.mode, Mode::Tcp);
-    assert_eq!(service.pool, PoolId(1), "pools are numbered in file order");
+    assert_eq!(service.pool, Some(PoolId(1)), "pools are numbered in file order");
     assert_eq!(service.retries, 0);
     assert_eq!(service.timeouts.connect, Duration::from_millis(500));
     assert_eq!(service.timeouts.client_idle, Duration::from_secs(30 * 60));
@@ -190,6 +202,20 @@ fn the_choice_words_match_the_model_spelling() {
     }
     for word in schema::TARGET_STATES {
         let parsed: Result<TargetState, _> = serde::Deserialize::deserialize(StrDeserializer::new(word));
+        assert!(parsed.is_ok(), "{word}");
+    }
+    for word in schema::PROXY_VERSIONS {
+        let parsed: Result<ProxyVersion, _> = serde::Deserialize::deserialize(StrDeserializer::new(word));
+        assert!(parsed.is_ok(), "{word}");
+    }
+    for word in super::persistence::PERSISTENCE_KINDS {
+        let parsed: Result<super::persistence::Kind, _> =
+            serde::Deserialize::deserialize(StrDeserializer::new(word));
+        assert!(parsed.is_ok(), "{word}");
+    }
+    for word in super::policy::AUTH_KINDS {
+        let parsed: Result<super::policy::AuthKind, _> =
+            serde::Deserialize::deserialize(StrDeserializer::new(word));
         assert!(parsed.is_ok(), "{word}");
     }
     for word in super::checks::CHECK_KINDS {

@@ -12,6 +12,8 @@ const VALUES: &[&str] = &[
     "0", "-1", "11", "257", "1.5", "true", "[]", "{}", "\"\"", "\"x\"", "\"0s\"", "\"3 parsecs\"",
     "\"web\"", "\"tcp\"", "\"queue\"", "\"0.0.0.0:8080\"", "\"127.0.0.1:0\"", "\"::1\"",
     "[\"127.0.0.1:8080\"]", "[\"[::]:9001\", 5]", "\"http\"", "\"agent\"", "\"200-399\"", "\"9s\"",
+    "\"(\"", "\"*.example.com\"", "\"/api/\"", "\"cookie\"", "\"source_ip\"", "\"basic\"", "301",
+    "[\"10.0.0.0/33\", \"::1\"]", "{ name = \"X\", regex = \"[\" }", "{ status = 200 }", "\"v3\"",
 ];
 #[rustfmt::skip]
 const LINES: &[&str] = &[
@@ -22,6 +24,10 @@ const LINES: &[&str] = &[
     "[pool.health]", "[pool.passive]", "kind = \"agent\"", "kind = \"http\"", "timeout = \"9s\"",
     "expect_status = \"399-200\"", "path = \"x\"", "agent = \"127.0.0.1:0\"", "state = \"drain\"",
     "max_ejection = \"1s\"", "slow_start = \"0s\"",
+    "[[service.route]]", "[service.persistence]", "[service.policy]", "[service.route.policy]",
+    "[[service.route.header]]", "sni = \"a.example.com\"", "path_regex = \"(\"", "status = 204",
+    "body = \"x\"", "learn = true", "auth = \"bearer\"", "accept_proxy_protocol = true",
+    "trusted_proxies = []", "kind = \"header\"", "redirect = { location = \"\" }", "pool = \"web\"",
 ];
 
 /// Applies `(position, operation, pick)` edits to `text`, by characters:
@@ -86,7 +92,11 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<prop::sample::Index>()), 1..8)
     ) {
         let full = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.toml"));
+        let routing = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/routing.toml"));
+        let sni = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/sni.toml"));
         assert_lines_inside(&mutate(VALID, &edits));
         assert_lines_inside(&mutate(full, &edits));
+        assert_lines_inside(&mutate(routing, &edits));
+        assert_lines_inside(&mutate(sni, &edits));
     }
 }

@@ -1,0 +1,368 @@
+//! A service as the data path sees it: its default pool and routes resolved
+//! to live pools, its policy with the state policy needs (credentials read
+//! from their files, the auth cache, the rate limiter, the session count),
+//! and its persistence tables.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fulcrum_core::model::{
+    Auth, BackendId, Limits, Mode, Persistence, Policy, Route, RouteAction, Service, Timeouts,
+};
+use fulcrum_core::persist::{self, StickyTable};
+use fulcrum_core::policy::{self, AuthCache, Credentials, RateLimiter, Refusal};
+use tokio::sync::Semaphore;
+
+use crate::upstream::PoolRuntime;
+
+pub struct ServiceRuntime {
+    pub name: String,
+    pub mode: Mode,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+    /// Where a request no route matches goes; `None` answers 404 (http) or refuses (tcp).
+    pub pool: Option<Arc<PoolRuntime>>,
+    /// The routes as configured, in order, for the core's classifier.
+    route_models: Vec<Route>,
+    /// The same routes with their pools and policies, index for index.
+    pub routes: Vec<RouteRuntime>,
+    pub policy: PolicyRuntime,
+    pub persistence: PersistRuntime,
+    pub accept_proxy_protocol: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub limits: Limits,
+    /// Slots for `limits.max_connections`; `None` when unlimited.
+    pub slots: Option<Arc<Semaphore>>,
+}
+
+/// A route with its pool resolved.
+pub struct RouteRuntime {
+    pub route: Route,
+    pub pool: Option<Arc<PoolRuntime>>,
+    pub policy: Option<PolicyRuntime>,
+}
+
+/// Why a service could not be built from a valid model: a file it names.
+#[derive(Debug, thiserror::Error)]
+#[error("service {service:?}{route}: {key} {path:?}: {why}")]
+pub struct LoadError {
+    service: String,
+    route: String,
+    key: &'static str,
+    path: String,
+    why: String,
+}
+
+impl ServiceRuntime {
+    /// Builds the runtime of `s`; relative credential files are read from `base`.
+    pub fn new(s: &Service, pools: &[Arc<PoolRuntime>], base: &Path) -> Result<ServiceRuntime, LoadError> {
+        let mut routes = Vec::new();
+        for r in &s.routes {
+            let pool = match r.action {
+                RouteAction::Pool(p) => Some(pools[p.0].clone()),
+                _ => None,
+            };
+            let policy = match &r.policy {
+                Some(p) => Some(PolicyRuntime::new(p, base).map_err(|e| e.at(&s.name, Some(&r.name)))?),
+                None => None,
+            };
+            routes.push(RouteRuntime { route: r.clone(), pool, policy });
+        }
+        Ok(ServiceRuntime {
+            name: s.name.clone(),
+            mode: s.mode,
+            timeouts: s.timeouts.clone(),
+            retries: s.retries,
+            pool: s.pool.map(|p| pools[p.0].clone()),
+            route_models: s.routes.clone(),
+            routes,
+            policy: PolicyRuntime::new(&s.policy, base).map_err(|e| e.at(&s.name, None))?,
+            persistence: PersistRuntime::new(&s.persistence),
+            accept_proxy_protocol: s.accept_proxy_protocol,
+            trusted_proxies: s.trusted_proxies.clone(),
+            limits: s.limits.clone(),
+            slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
+        })
+    }
+
+    /// The first route an http request matches.
+    pub fn classify(&self, request: &fulcrum_core::route::RequestView<'_>) -> Option<&RouteRuntime> {
+        let r = fulcrum_core::route::classify(&self.route_models, request)?;
+        self.runtime_of(r)
+    }
+
+    /// The first route a TLS server name matches (tcp mode).
+    pub fn classify_sni(&self, server_name: Option<&str>) -> Option<&RouteRuntime> {
+        let r = fulcrum_core::route::classify_sni(&self.route_models, server_name)?;
+        self.runtime_of(r)
+    }
+
+    fn runtime_of(&self, r: &Route) -> Option<&RouteRuntime> {
+        let i = self.route_models.iter().position(|m| std::ptr::eq(m, r))?;
+        self.routes.get(i)
+    }
+
+    /// Whether `peer` may send a PROXY protocol header to this service.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = unmap(peer);
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+struct FileError {
+    key: &'static str,
+    path: String,
+    why: String,
+}
+
+impl FileError {
+    fn at(self, service: &str, route: Option<&str>) -> LoadError {
+        LoadError {
+            service: service.to_owned(),
+            route: route.map(|r| format!(" route {r:?} policy")).unwrap_or_else(|| " policy".into()),
+            key: self.key,
+            path: self.path,
+            why: self.why,
+        }
+    }
+}
+
+/// A policy and the live state it needs.
+pub struct PolicyRuntime {
+    pub policy: Policy,
+    credentials: Arc<Credentials>,
+    /// Verified `Authorization` values: bcrypt is too slow to run per request.
+    cache: Mutex<AuthCache>,
+    rate: Option<Mutex<RateLimiter>>,
+    /// Sessions open now, against `max_sessions`.
+    sessions: Arc<AtomicU32>,
+}
+
+/// Most client addresses the rate limiter tracks at once.
+const RATE_CLIENTS: usize = 100_000;
+
+impl PolicyRuntime {
+    fn new(policy: &Policy, base: &Path) -> Result<PolicyRuntime, FileError> {
+        let read = |key: &'static str, file: &Path| {
+            let path = base.join(file);
+            std::fs::read_to_string(&path).map_err(|e| FileError {
+                key,
+                path: path.display().to_string(),
+                why: format!("cannot read: {e}"),
+            })
+        };
+        let credentials = match &policy.auth {
+            Auth::None => Credentials::None,
+            Auth::Basic { htpasswd, .. } => {
+                let text = read("htpasswd", htpasswd)?;
+                Credentials::Basic(policy::parse_htpasswd(&text).map_err(|why| FileError {
+                    key: "htpasswd",
+                    path: htpasswd.display().to_string(),
+                    why,
+                })?)
+            }
+            Auth::Bearer { tokens_file, .. } => {
+                let text = read("tokens_file", tokens_file)?;
+                Credentials::Bearer(policy::parse_tokens(&text).map_err(|why| FileError {
+                    key: "tokens_file",
+                    path: tokens_file.display().to_string(),
+                    why,
+                })?)
+            }
+        };
+        Ok(PolicyRuntime {
+            policy: policy.clone(),
+            credentials: Arc::new(credentials),
+            cache: Mutex::new(AuthCache::default()),
+            rate: policy.rate_per_client.map(|r| Mutex::new(RateLimiter::new(r, RATE_CLIENTS))),
+            sessions: Arc::new(AtomicU32::new(0)),
+        })
+    }
+
+    /// Source eligibility (allow/deny).
+    pub fn check_source(&self, client: IpAddr) -> Result<(), Refusal> {
+        policy::check_source(&self.policy, unmap(client))
+    }
+
+    /// Authorization, for http requests. A value verified lately is taken
+    /// from the cache; a new one is verified on a blocking thread, because
+    /// bcrypt costs tens of milliseconds and would stall every session on
+    /// the worker (and serialise all verifications behind the cache lock).
+    pub async fn check_auth(&self, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+        if self.policy.auth == Auth::None {
+            return Ok(());
+        }
+        let now = crate::clock::now();
+        if let Some(value) = authorization {
+            if self.cache.lock().unwrap_or_else(|p| p.into_inner()).contains(value, now) {
+                return Ok(());
+            }
+        }
+        let (auth, credentials) = (self.policy.auth.clone(), self.credentials.clone());
+        let value = authorization.map(<[u8]>::to_vec);
+        let verified = tokio::task::spawn_blocking(move || {
+            let mut scratch = AuthCache::new(1, AuthCache::DEFAULT_TTL);
+            policy::check_auth(&auth, &credentials, value.as_deref(), &mut scratch, now)
+        })
+        .await;
+        let result = match verified {
+            Ok(result) => result,
+            // The verifying thread panicked: refuse, as for a wrong password.
+            Err(_) => policy::check_auth(
+                &self.policy.auth,
+                &Credentials::None,
+                None,
+                &mut AuthCache::default(),
+                now,
+            ),
+        };
+        if let (Ok(()), Some(value)) = (&result, authorization) {
+            self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(value, now);
+        }
+        result
+    }
+
+    /// Admits a new session: under the rate per client and `max_sessions`.
+    /// The guard counts the session until it drops.
+    pub fn admit(&self, client: IpAddr) -> Result<SessionSlot, Refusal> {
+        if let Some(rate) = &self.rate {
+            rate.lock().unwrap_or_else(|p| p.into_inner()).admit(unmap(client), crate::clock::now())?;
+        }
+        let open = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = SessionSlot(self.sessions.clone());
+        match self.policy.max_sessions {
+            Some(max) if open > max => {
+                Err(Refusal::TooMany { retry_after_secs: 1 }) // `slot` drops: the count goes back
+            }
+            _ => Ok(slot),
+        }
+    }
+}
+
+/// One admitted session, counted against `max_sessions` until dropped.
+pub struct SessionSlot(Arc<AtomicU32>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A service's persistence and its tables. Keys carry the pool's index,
+/// since routes may send one client to several pools.
+pub enum PersistRuntime {
+    None,
+    Cookie {
+        config: fulcrum_core::model::CookiePersistence,
+        learned: Option<Mutex<StickyTable<(usize, String)>>>,
+    },
+    SourceIp {
+        mask_v4: u8,
+        mask_v6: u8,
+        table: Mutex<StickyTable<(usize, IpAddr)>>,
+    },
+    Header {
+        name: String,
+    },
+}
+
+impl PersistRuntime {
+    fn new(p: &Persistence) -> PersistRuntime {
+        match p {
+            Persistence::None => PersistRuntime::None,
+            Persistence::Cookie(c) => PersistRuntime::Cookie {
+                config: c.clone(),
+                learned: c.learn.then(|| Mutex::new(StickyTable::new(c.ttl, c.max_entries))),
+            },
+            Persistence::SourceIp { mask_v4, mask_v6, ttl, max_entries } => PersistRuntime::SourceIp {
+                mask_v4: *mask_v4,
+                mask_v6: *mask_v6,
+                table: Mutex::new(StickyTable::new(*ttl, *max_entries)),
+            },
+            Persistence::Header { name } => PersistRuntime::Header { name: name.clone() },
+        }
+    }
+
+    /// Drops expired entries; call now and then (`now` since `epoch`).
+    pub fn expire(&self, now: Duration) {
+        match self {
+            PersistRuntime::Cookie { learned: Some(t), .. } => {
+                t.lock().unwrap_or_else(|p| p.into_inner()).expire(now);
+            }
+            PersistRuntime::SourceIp { table, .. } => {
+                table.lock().unwrap_or_else(|p| p.into_inner()).expire(now);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What persistence says of a new request or session on a pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sticky {
+    /// The backend the client stuck to, if any.
+    pub prefer: Option<BackendId>,
+    /// Hash key for a consistent-hash pick (header persistence).
+    pub ring_key: Option<u64>,
+    /// Insert mode: the client's cookie named this backend already.
+    pub cookie_backend: Option<BackendId>,
+}
+
+impl Sticky {
+    pub fn lookup(
+        persistence: &PersistRuntime,
+        pool: &PoolRuntime,
+        client: IpAddr,
+        headers: &[fulcrum_core::http::Header],
+        now: Duration,
+    ) -> Sticky {
+        match persistence {
+            PersistRuntime::None => Sticky::default(),
+            PersistRuntime::Cookie { config, learned: None } => {
+                let backend = persist::find_cookie(headers, &config.name)
+                    .and_then(|v| persist::backend_by_cookie(&pool.model, v));
+                Sticky { prefer: backend, ring_key: None, cookie_backend: backend }
+            }
+            PersistRuntime::Cookie { config, learned: Some(table) } => {
+                let prefer = persist::find_cookie(headers, &config.name).and_then(|v| {
+                    table.lock().unwrap_or_else(|p| p.into_inner()).get(&(pool.index, v.to_owned()), now)
+                });
+                Sticky { prefer, ..Sticky::default() }
+            }
+            PersistRuntime::SourceIp { mask_v4, mask_v6, table } => {
+                let key = (pool.index, persist::source_key(unmap(client), *mask_v4, *mask_v6));
+                let prefer = table.lock().unwrap_or_else(|p| p.into_inner()).get(&key, now);
+                Sticky { prefer, ..Sticky::default() }
+            }
+            PersistRuntime::Header { name } => {
+                let value = headers.iter().find(|h| h.is(name)).map(|h| h.value.as_slice());
+                Sticky { ring_key: value.map(persist::header_key), ..Sticky::default() }
+            }
+        }
+    }
+}
+
+/// Records where a client went, for the tables that learn it from the pick.
+pub fn remember_source(
+    persistence: &PersistRuntime,
+    pool: &PoolRuntime,
+    client: IpAddr,
+    backend: BackendId,
+    now: Duration,
+) {
+    if let PersistRuntime::SourceIp { mask_v4, mask_v6, table } = persistence {
+        let key = (pool.index, persist::source_key(unmap(client), *mask_v4, *mask_v6));
+        table.lock().unwrap_or_else(|p| p.into_inner()).insert(key, backend, now);
+    }
+}
