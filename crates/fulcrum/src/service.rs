@@ -309,8 +309,11 @@ impl PersistRuntime {
 }
 
 /// What persistence says of a new request or session on a pool.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Sticky {
+    /// Learn mode: the application cookie the client sent, known to the table
+    /// or not; if the request lands elsewhere the table follows it there.
+    pub learned_value: Option<String>,
     /// The backend the client stuck to, if any.
     pub prefer: Option<BackendId>,
     /// Hash key for a consistent-hash pick (header persistence).
@@ -332,13 +335,14 @@ impl Sticky {
             PersistRuntime::Cookie { config, learned: None } => {
                 let backend = persist::find_cookie(headers, &config.name)
                     .and_then(|v| persist::backend_by_cookie(&pool.model, v));
-                Sticky { prefer: backend, ring_key: None, cookie_backend: backend }
+                Sticky { prefer: backend, cookie_backend: backend, ..Sticky::default() }
             }
             PersistRuntime::Cookie { config, learned: Some(table) } => {
-                let prefer = persist::find_cookie(headers, &config.name).and_then(|v| {
-                    table.lock().unwrap_or_else(|p| p.into_inner()).get(&(pool.index, v.to_owned()), now)
+                let value = persist::find_cookie(headers, &config.name).map(str::to_owned);
+                let prefer = value.as_ref().and_then(|v| {
+                    table.lock().unwrap_or_else(|p| p.into_inner()).get(&(pool.index, v.clone()), now)
                 });
-                Sticky { prefer, ..Sticky::default() }
+                Sticky { prefer, learned_value: value, ..Sticky::default() }
             }
             PersistRuntime::SourceIp { mask_v4, mask_v6, table } => {
                 let key = (pool.index, persist::source_key(unmap(client), *mask_v4, *mask_v6));

@@ -225,7 +225,7 @@ async fn exchange(
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
         let backend = up.backend;
         let mut on_head = |response: &mut ResponseHead| {
-            persistence_on_response(&service.persistence, pool, backend, sticky, response, now);
+            persistence_on_response(&service.persistence, pool, backend, &sticky, response, now);
         };
         let outcome = relay(client, &mut up, &out, head, service, pool, shutdown, &mut on_head).await;
         // Passive checks learn from every exchange the backend had a part in.
@@ -489,7 +489,7 @@ fn persistence_on_response(
     persistence: &PersistRuntime,
     pool: &PoolRuntime,
     backend: BackendId,
-    sticky: Sticky,
+    sticky: &Sticky,
     response: &mut ResponseHead,
     now: Duration,
 ) {
@@ -502,9 +502,16 @@ fn persistence_on_response(
         }
         None => {}
         Some(table) => {
+            let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+            // A client whose sticky backend was replaced follows the new one,
+            // unless the new one issues its own session cookie just below.
+            if let Some(value) = &sticky.learned_value {
+                if sticky.prefer.is_some_and(|b| b != backend) {
+                    table.insert((pool.index, value.clone()), backend, now);
+                }
+            }
             for h in response.headers.iter().filter(|h| h.is("set-cookie")) {
                 if let Some(v) = persist::learned_cookie(&h.value, &config.name) {
-                    let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
                     table.insert((pool.index, v.to_owned()), backend, now);
                 }
             }
