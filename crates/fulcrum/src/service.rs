@@ -168,7 +168,7 @@ impl PolicyRuntime {
                 let text = read("htpasswd", htpasswd)?;
                 Credentials::Basic(policy::parse_htpasswd(&text).map_err(|why| FileError {
                     key: "htpasswd",
-                    path: htpasswd.display().to_string(),
+                    path: base.join(htpasswd).display().to_string(),
                     why,
                 })?)
             }
@@ -176,7 +176,7 @@ impl PolicyRuntime {
                 let text = read("tokens_file", tokens_file)?;
                 Credentials::Bearer(policy::parse_tokens(&text).map_err(|why| FileError {
                     key: "tokens_file",
-                    path: tokens_file.display().to_string(),
+                    path: base.join(tokens_file).display().to_string(),
                     why,
                 })?)
             }
@@ -236,17 +236,16 @@ impl PolicyRuntime {
     /// Admits a new session: under the rate per client and `max_sessions`.
     /// The guard counts the session until it drops.
     pub fn admit(&self, client: IpAddr) -> Result<SessionSlot, Refusal> {
+        let open = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = SessionSlot(self.sessions.clone());
+        if self.policy.max_sessions.is_some_and(|max| open > max) {
+            // `slot` drops: the count goes back; no rate token was spent.
+            return Err(Refusal::TooMany { retry_after_secs: 1 });
+        }
         if let Some(rate) = &self.rate {
             rate.lock().unwrap_or_else(|p| p.into_inner()).admit(unmap(client), crate::clock::now())?;
         }
-        let open = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        let slot = SessionSlot(self.sessions.clone());
-        match self.policy.max_sessions {
-            Some(max) if open > max => {
-                Err(Refusal::TooMany { retry_after_secs: 1 }) // `slot` drops: the count goes back
-            }
-            _ => Ok(slot),
-        }
+        Ok(slot)
     }
 }
 

@@ -45,7 +45,9 @@ async fn run(pool: Arc<PoolRuntime>, id: BackendId, shutdown: CancellationToken)
         let verdict = match &check.kind {
             CheckKind::None => None,
             CheckKind::Tcp => Some(probe::tcp(address, check.timeout).await),
-            CheckKind::Http(http) => Some(probe::http(address, http, check.timeout).await),
+            CheckKind::Http(http) => {
+                Some(probe::http(address, http, check.timeout, pool.model.proxy_protocol).await)
+            }
             CheckKind::Agent => Some(agent_verdict(report, address)),
         };
         if let Some(v) = verdict {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fulcrum_core::agent::AgentReport;
 use fulcrum_core::http::{parse_response, BodyKind};
-use fulcrum_core::model::HttpCheck;
+use fulcrum_core::model::{HttpCheck, ProxyVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,17 +24,24 @@ pub async fn tcp(address: SocketAddr, timeout: Duration) -> Result<String, Strin
     }
 }
 
-pub async fn http(address: SocketAddr, check: &HttpCheck, timeout: Duration) -> Result<String, String> {
+/// An HTTP check; a pool that sends PROXY headers sends one on its checks
+/// too, since its backends expect one first on every connection.
+pub async fn http(
+    address: SocketAddr,
+    check: &HttpCheck,
+    timeout: Duration,
+    proxy: Option<ProxyVersion>,
+) -> Result<String, String> {
     let host = check.host.clone().unwrap_or_else(|| address.to_string());
     let request = format!(
         "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fulcrum-check\r\nConnection: close\r\n\r\n",
         check.method, check.path
     );
-    let (status, body) = match tokio::time::timeout(timeout, exchange(address, &request, &check.method)).await
-    {
-        Ok(r) => r?,
-        Err(_) => return Err(timed_out(timeout)),
-    };
+    let (status, body) =
+        match tokio::time::timeout(timeout, exchange(address, &request, &check.method, proxy)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(timed_out(timeout)),
+        };
     let (low, high) = check.expect_status;
     if !(low..=high).contains(&status) {
         return Err(format!("HTTP {status} from {}", check.path));
@@ -50,7 +57,7 @@ pub async fn http(address: SocketAddr, check: &HttpCheck, timeout: Duration) -> 
 /// Reads the agent's report (`GET /report`).
 pub async fn agent(address: SocketAddr, timeout: Duration) -> Result<AgentReport, String> {
     let request = format!("GET /report HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    let (status, body) = match tokio::time::timeout(timeout, exchange(address, &request, "GET")).await {
+    let (status, body) = match tokio::time::timeout(timeout, exchange(address, &request, "GET", None)).await {
         Ok(r) => r?,
         Err(_) => return Err(timed_out(timeout)),
     };
@@ -62,8 +69,18 @@ pub async fn agent(address: SocketAddr, timeout: Duration) -> Result<AgentReport
 
 /// Sends `request` on a new connection and reads the response: to the end
 /// of its Content-Length body, or to the close. Returns the status and body.
-async fn exchange(address: SocketAddr, request: &str, method: &str) -> Result<(u16, Vec<u8>), String> {
+async fn exchange(
+    address: SocketAddr,
+    request: &str,
+    method: &str,
+    proxy: Option<ProxyVersion>,
+) -> Result<(u16, Vec<u8>), String> {
     let mut stream = TcpStream::connect(address).await.map_err(|e| connect_error(&e))?;
+    if let Some(version) = proxy {
+        let local = stream.local_addr().map_err(|e| format!("local address: {e}"))?;
+        let header = fulcrum_core::proxy::encode(version, local, address);
+        stream.write_all(&header).await.map_err(|e| format!("write: {e}"))?;
+    }
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];

@@ -164,41 +164,54 @@ async fn exchange(
 ) -> Next {
     let t = &service.timeouts;
     let no_body = head.body == BodyKind::None;
-    // A request answered here keeps the connection only if nothing of it is left unread.
+    // A request answered here keeps the connection only if nothing of it is
+    // left unread. A refusal by policy always closes: each password guess
+    // then costs a new session, which the rate per client bounds.
     let keep = no_body && head.keep_alive && !shutdown.is_cancelled();
+    // Answers to HEAD carry no body, or the client would read it as the next response.
+    let head_only = head.method == "HEAD";
     let authorization = head.headers.iter().find(|h| h.is("authorization")).map(|h| h.value.as_slice());
     if let Err(refusal) = service.policy.check_auth(authorization).await {
-        return answer(client, crate::front::refusal_response(&refusal, !keep), keep).await;
+        return answer(client, head_only, crate::front::refusal_response(&refusal, true), false).await;
     }
     // Routes see the path normalised, so `/%61dmin` or `/x/../admin` cannot
     // slip past a route for `/admin`; the backend gets the target as sent.
-    let mut view = RequestView::of(head);
-    let path = normalize_path(view.path);
-    view.path = &path;
-    let route = service.classify(&view);
+    let route = if service.routes.is_empty() {
+        None // the common case pays nothing for the URL map
+    } else {
+        let mut view = RequestView::of(head);
+        let path = normalize_path(view.path);
+        view.path = &path;
+        service.classify(&view)
+    };
     if let Some(policy) = route.and_then(|r| r.policy.as_ref()) {
         let allowed = match policy.check_source(info.client.ip()) {
             Ok(()) => policy.check_auth(authorization).await,
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = allowed {
-            return answer(client, crate::front::refusal_response(&refusal, !keep), keep).await;
+            return answer(client, head_only, crate::front::refusal_response(&refusal, true), false).await;
         }
     }
     let pool = match route.map(|r| (&r.route.action, r.pool.as_ref())) {
         Some((RouteAction::Redirect { status, location }, _)) => {
-            return answer(client, simple_response(*status, &[("Location", location)], "", !keep), keep)
-                .await;
+            return answer(
+                client,
+                head_only,
+                simple_response(*status, &[("Location", location)], "", !keep),
+                keep,
+            )
+            .await;
         }
         Some((RouteAction::Respond { status, body }, _)) => {
             let headers = [("Content-Type", "text/plain; charset=utf-8")];
-            return answer(client, simple_response(*status, &headers, body, !keep), keep).await;
+            return answer(client, head_only, simple_response(*status, &headers, body, !keep), keep).await;
         }
         Some((RouteAction::Pool(_), pool)) => pool,
         None => service.pool.as_ref(),
     };
     let Some(pool) = pool else {
-        return reply_error(client, 404, "no route matches this request", keep).await;
+        return reply_error(client, head_only, 404, "no route matches this request", keep).await;
     };
 
     let mut out = Vec::with_capacity(1024);
@@ -219,7 +232,9 @@ async fn exchange(
     loop {
         let mut up = match pool.connect(opts).await {
             Ok(up) => up,
-            Err(e) => return reply_error(client, 503, &e.to_string(), no_body && head.keep_alive).await,
+            Err(e) => {
+                return reply_error(client, head_only, 503, &e.to_string(), no_body && head.keep_alive).await
+            }
         };
         let _session = pool.open_session(up.backend);
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
@@ -251,7 +266,9 @@ async fn exchange(
             }
             Ok(Relayed::Upgrade(response, bbuf)) => match head.upgrade {
                 Some(_) => upgrade(client, &mut up, bbuf, &response, head.version, t.client_idle).await,
-                None => reply_error(client, 502, "the backend switched protocols unasked", false).await,
+                None => {
+                    reply_error(client, head_only, 502, "the backend switched protocols unasked", false).await
+                }
             },
             Err(Failure::Stale) if replayable => {
                 tracing::debug!(service = %service.name, "pooled backend connection was closed; retrying on a new one");
@@ -260,20 +277,20 @@ async fn exchange(
             }
             Err(Failure::Stale) => {
                 let msg = "the backend closed the connection before responding";
-                reply_error(client, 502, msg, false).await
+                reply_error(client, head_only, 502, msg, false).await
             }
             Err(Failure::Backend(why)) => {
                 let backend = pool.backend(up.backend);
                 tracing::warn!(service = %service.name, backend = %backend.name, error = %why, "backend failed before responding");
-                reply_error(client, 502, &why, false).await
+                reply_error(client, head_only, 502, &why, false).await
             }
-            Err(Failure::Unforwardable(why)) => reply_error(client, 502, &why, false).await,
+            Err(Failure::Unforwardable(why)) => reply_error(client, head_only, 502, &why, false).await,
             Err(Failure::Timeout) => {
                 let msg = format!("no response from the backend within {:?}", t.backend_response);
-                reply_error(client, 504, &msg, false).await
+                reply_error(client, head_only, 504, &msg, false).await
             }
             Err(Failure::Client(e)) => match e {
-                CopyError::Framing(_) => reply_error(client, 400, &e.to_string(), false).await,
+                CopyError::Framing(_) => reply_error(client, head_only, 400, &e.to_string(), false).await,
                 _ => Next::Close,
             },
         };
@@ -474,8 +491,14 @@ async fn upgrade(
     Next::Close
 }
 
-/// Sends a response Fulcrum made itself; keeps the connection only if `keep`.
-async fn answer(client: &mut Client, response: Vec<u8>, keep: bool) -> Next {
+/// Sends a response Fulcrum made itself (its head only for a HEAD request);
+/// keeps the connection only if `keep`.
+async fn answer(client: &mut Client, head_only: bool, mut response: Vec<u8>, keep: bool) -> Next {
+    if head_only {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            response.truncate(end + 4);
+        }
+    }
     if client.stream.write_all(&response).await.is_err() || !keep {
         return Next::Close;
     }
@@ -520,11 +543,8 @@ fn persistence_on_response(
 }
 
 /// Answers the client with an error; keeps the connection only if `keep`.
-async fn reply_error(client: &mut Client, status: u16, message: &str, keep: bool) -> Next {
-    if client.stream.write_all(&error_response(status, message, !keep)).await.is_err() || !keep {
-        return Next::Close;
-    }
-    Next::KeepAlive
+async fn reply_error(client: &mut Client, head_only: bool, status: u16, message: &str, keep: bool) -> Next {
+    answer(client, head_only, error_response(status, message, !keep), keep).await
 }
 
 /// Closes after an error response without losing it: shut our side, then
