@@ -319,6 +319,8 @@ pub struct Sticky {
     pub ring_key: Option<u64>,
     /// Insert mode: the client's cookie named this backend already.
     pub cookie_backend: Option<BackendId>,
+    /// Insert mode: the cookie as the client sent it (other pools' parts are kept).
+    pub cookie_value: Option<String>,
 }
 
 impl Sticky {
@@ -332,9 +334,17 @@ impl Sticky {
         match persistence {
             PersistRuntime::None => Sticky::default(),
             PersistRuntime::Cookie { config, learned: None } => {
-                let backend = persist::find_cookie(headers, &config.name)
-                    .and_then(|v| persist::backend_by_cookie(&pool.model, v));
-                Sticky { prefer: backend, cookie_backend: backend, ..Sticky::default() }
+                // One cookie serves every pool of the service: `id.id.…`, one
+                // part per pool; this pool reads only the part that is its own.
+                let value = persist::find_cookie(headers, &config.name);
+                let backend = value
+                    .and_then(|v| v.split('.').find_map(|id| persist::backend_by_cookie(&pool.model, id)));
+                Sticky {
+                    prefer: backend,
+                    cookie_backend: backend,
+                    cookie_value: value.map(str::to_owned),
+                    ..Sticky::default()
+                }
             }
             PersistRuntime::Cookie { config, learned: Some(table) } => {
                 let value = persist::find_cookie(headers, &config.name).map(str::to_owned);

@@ -227,13 +227,17 @@ impl PoolRuntime {
             }
         }
         let report = report.ok();
+        // An agent that misses a poll keeps its last word on the state: a
+        // drain is not undone by one lost report (health checks catch a dead host).
         let (state, load) = match &report {
-            Some(r) => (r.state, fulcrum_core::agent::load_score(r)),
-            None => (AgentState::Up, f64::NAN),
+            Some(r) => (Some(r.state), fulcrum_core::agent::load_score(r)),
+            None => (None, f64::NAN),
         };
-        let old = b.agent_state.swap(state as u8, Ordering::Relaxed);
-        if old != state as u8 {
-            tracing::info!(pool = %self.name, backend = %b.name, agent_state = ?state, "agent state changed");
+        if let Some(state) = state {
+            let old = b.agent_state.swap(state as u8, Ordering::Relaxed);
+            if old != state as u8 {
+                tracing::info!(pool = %self.name, backend = %b.name, agent_state = ?state, "agent state changed");
+            }
         }
         b.load.store(load.to_bits(), Ordering::Relaxed);
         *b.report.lock().unwrap_or_else(|p| p.into_inner()) = report;

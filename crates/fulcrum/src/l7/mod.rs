@@ -240,7 +240,7 @@ async fn exchange(
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
         let backend = up.backend;
         let mut on_head = |response: &mut ResponseHead| {
-            persistence_on_response(&service.persistence, pool, backend, &sticky, response, now);
+            persistence_on_response(service, pool, backend, &sticky, response, now);
         };
         let outcome = relay(client, &mut up, &out, head, service, pool, shutdown, &mut on_head).await;
         // Passive checks learn from every exchange the backend had a part in.
@@ -509,18 +509,19 @@ async fn answer(client: &mut Client, head_only: bool, mut response: Vec<u8>, kee
 /// cookie when the client's did not name this backend; learn mode maps the
 /// application's cookie to the backend that set it.
 fn persistence_on_response(
-    persistence: &PersistRuntime,
+    service: &ServiceRuntime,
     pool: &PoolRuntime,
     backend: BackendId,
     sticky: &Sticky,
     response: &mut ResponseHead,
     now: Duration,
 ) {
-    let PersistRuntime::Cookie { config, learned } = persistence else { return };
+    let PersistRuntime::Cookie { config, learned } = &service.persistence else { return };
     match learned {
         None if sticky.cookie_backend != Some(backend) => {
             let id = persist::cookie_id(&pool.name, &pool.backend(backend).name);
-            let value = persist::set_cookie(config, &id);
+            let value = cookie_for_pool(sticky.cookie_value.as_deref(), service, pool, &id);
+            let value = persist::set_cookie(config, &value);
             response.headers.push(Header { name: "Set-Cookie".into(), value: value.into_bytes() });
         }
         None => {}
@@ -540,6 +541,32 @@ fn persistence_on_response(
             }
         }
     }
+}
+
+/// Most pools one persistence cookie remembers a backend for.
+const COOKIE_POOLS: usize = 8;
+
+/// The insert-mode cookie value after `pool` chose the backend `id`: the
+/// parts the client had for other pools kept (well-formed ids only, at most
+/// `COOKIE_POOLS`), this pool's part replaced.
+fn cookie_for_pool(old: Option<&str>, service: &ServiceRuntime, pool: &PoolRuntime, id: &str) -> String {
+    let others: Vec<&PoolRuntime> = service
+        .pool
+        .iter()
+        .chain(service.routes.iter().filter_map(|r| r.pool.as_ref()))
+        .map(|p| p.as_ref())
+        .filter(|p| p.index != pool.index)
+        .collect();
+    // Only a backend id of another pool of this service survives: anything
+    // else the client sent is forged or stale, and dropped.
+    let mut parts: Vec<&str> = old
+        .unwrap_or_default()
+        .split('.')
+        .filter(|part| others.iter().any(|p| persist::backend_by_cookie(&p.model, part).is_some()))
+        .take(COOKIE_POOLS - 1)
+        .collect();
+    parts.push(id);
+    parts.join(".")
 }
 
 /// Answers the client with an error; keeps the connection only if `keep`.
