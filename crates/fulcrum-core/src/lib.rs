@@ -14,4 +14,5 @@ pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod select;
+pub mod session;
 pub mod sni;

@@ -63,11 +63,36 @@ pub struct Model {
     pub runtime: Runtime,
     pub services: Vec<Service>,
     pub pools: Vec<Pool>,
+    /// Client NAT pools (`[[snat_pool]]`), by index (`Pool.snat`).
+    pub snat_pools: Vec<SnatPool>,
+}
+
+/// A client NAT pool: the source addresses Fulcrum uses toward backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnatPool {
+    pub name: String,
+    pub first_ip: std::net::Ipv4Addr,
+    pub last_ip: std::net::Ipv4Addr,
+    /// Every address of the range lies in one network of this mask.
+    pub netmask: std::net::Ipv4Addr,
+    /// Inclusive port range on each address.
+    pub ports: (u16, u16),
+    /// Ports per connection block.
+    pub block_size: u16,
+    /// Blocks held from the start.
+    pub initial_blocks: u32,
+    /// Most blocks held at once.
+    pub max_blocks: u32,
+    /// How long a new session waits for a free address:port when the pool is
+    /// exhausted, before it is refused (503 in http mode).
+    pub wait: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// Mutating API calls need `Authorization: Bearer` with a token of this file.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Process-wide settings.
@@ -75,6 +100,8 @@ pub struct Admin {
 pub struct Runtime {
     /// How long in-flight sessions may run on after SIGTERM before they are cut.
     pub shutdown_grace: Duration,
+    /// One structured log line per request (http) or session (tcp); off by default.
+    pub access_log: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -268,6 +295,8 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// Send a PROXY protocol header first on each backend connection.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// The client NAT pool backend connections take their source address from.
+    pub snat: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

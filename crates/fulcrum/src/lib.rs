@@ -12,4 +12,7 @@ pub mod run;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod snat;
+pub mod state;
+pub mod stats;
 pub mod upstream;

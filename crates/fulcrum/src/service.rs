@@ -36,6 +36,7 @@ pub struct ServiceRuntime {
     pub limits: Limits,
     /// Slots for `limits.max_connections`; `None` when unlimited.
     pub slots: Option<Arc<Semaphore>>,
+    pub stats: crate::stats::ServiceStats,
 }
 
 /// A route with its pool resolved.
@@ -85,6 +86,7 @@ impl ServiceRuntime {
             trusted_proxies: s.trusted_proxies.clone(),
             limits: s.limits.clone(),
             slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
+            stats: crate::stats::ServiceStats::default(),
         })
     }
 

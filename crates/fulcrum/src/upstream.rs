@@ -47,6 +47,7 @@ pub struct BackendRuntime {
     pub agent: Option<SocketAddr>,
     /// Sessions (tcp connections, http exchanges) now open on this backend.
     pub sessions: AtomicU64,
+    pub stats: crate::stats::BackendStats,
     /// `health` says up (and not ejected).
     up: AtomicBool,
     /// The operator's target state (`TargetState` as u8).
@@ -128,6 +129,7 @@ impl PoolRuntime {
                     max_connections: b.max_connections,
                     agent: b.agent,
                     sessions: AtomicU64::new(0),
+                    stats: crate::stats::BackendStats::default(),
                     up: AtomicBool::new(true),
                     target: AtomicU8::new(b.state as u8),
                     agent_state: AtomicU8::new(AgentState::Up as u8),

@@ -93,7 +93,8 @@ pub(super) fn admin(r: &mut Report, root: &Section) -> Option<Located<Admin>> {
     r.require(&s, &["listen"]);
     let listen = r.string(&s, "listen")?;
     let address = socket_addr(r, &s, "listen", listen, None)?;
-    Some(Located { value: Admin { listen: address }, line: listen.line })
+    // token_file: placeholder until the key is read (issue 5 in progress).
+    Some(Located { value: Admin { listen: address, token_file: None }, line: listen.line })
 }
 
 /// `[runtime]`, with its defaults when absent.
@@ -102,7 +103,7 @@ pub(super) fn runtime(r: &mut Report, root: &Section) -> Runtime {
         Some(s) => r.duration(&s, "shutdown_grace", SHUTDOWN_GRACE),
         None => SHUTDOWN_GRACE,
     };
-    Runtime { shutdown_grace }
+    Runtime { shutdown_grace, access_log: false }
 }
 
 /// One `[[service]]` as far as it can be read alone: its pools (its own

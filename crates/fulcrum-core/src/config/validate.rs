@@ -45,6 +45,7 @@ pub(super) fn model(
         runtime,
         services: services.into_iter().map(|s| build_service(s, &pool_ids)).collect::<Option<_>>()?,
         pools: pools.into_iter().map(build_pool).collect::<Option<_>>()?,
+        snat_pools: Vec::new(), // placeholder until [[snat_pool]] is read (issue 5 in progress)
     })
 }
 
@@ -235,5 +236,6 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
         passive: p.passive,
         slow_start: p.slow_start,
         proxy_protocol: p.proxy_protocol,
+        snat: None, // placeholder until [[snat_pool]] is read (issue 5 in progress)
     })
 }
