@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod route;
 pub mod select;
 pub mod session;
+pub mod snat;
 pub mod sni;

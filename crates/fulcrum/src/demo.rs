@@ -64,6 +64,6 @@ pub fn main() -> ExitCode {
         println!("  curl -s http://127.0.0.1:8080/bytes/1048576 | wc -c");
         println!("  curl -i http://127.0.0.1:8080/status/503");
         println!("Ctrl-C stops everything.");
-        crate::run::serve(model, std::path::Path::new("."), crate::shutdown::signal()).await
+        crate::run::serve(model, std::path::Path::new("."), None, crate::shutdown::signal()).await
     })
 }

@@ -53,12 +53,28 @@ pub async fn client_address(
     }
 }
 
+/// Counts a connection accepted by a listener of `service`, before any refusal.
+pub fn count_accepted(service: &ServiceRuntime) {
+    service.stats.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts a connection turned away at `max_connections` (a 503 in http mode).
+pub fn count_refused_at_limit(service: &ServiceRuntime) {
+    service.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if service.mode == Mode::Http {
+        crate::stats::count_status(&service.stats.responses, 503);
+    }
+}
+
 /// Turns a session away for its policy: in http mode with the status and
 /// headers a client expects (403, 401 with `WWW-Authenticate`, 429 with
-/// `Retry-After`), in tcp mode with a close.
+/// `Retry-After`), in tcp mode with a close. Counted as refused, and as a
+/// response by its class in http mode.
 pub async fn refuse(mut stream: TcpStream, service: &ServiceRuntime, client: SocketAddr, refusal: &Refusal) {
+    service.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(service = %service.name, client = %client, status = refusal.status(), reason = ?refusal, "session refused by policy");
     if service.mode == Mode::Http {
+        crate::stats::count_status(&service.stats.responses, refusal.status());
         let _ = stream.write_all(&refusal_response(refusal, true)).await;
         crate::l7::linger_close(stream).await;
     }

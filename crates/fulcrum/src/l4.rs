@@ -13,28 +13,35 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use bytes::BytesMut;
+use fulcrum_core::session::{Session, SessionState};
 use fulcrum_core::sni::{self, Peek};
 
 use crate::service::{remember_source, PolicyRuntime, ServiceRuntime, Sticky};
+use crate::sessions::Meter;
 use crate::upstream::{ConnectOptions, PoolRuntime};
 
 /// Serves one tcp-mode client connection from `client` (the real client:
 /// the peer, or the address a trusted PROXY header gave) to `local`; `first`
-/// holds bytes already read from it.
+/// holds bytes already read from it. `row` is the session's row in the
+/// session table (`None` when the table is off): its state, backend side,
+/// bytes and last activity are kept current.
 pub async fn serve(
     mut stream: TcpStream,
     client: SocketAddr,
     local: SocketAddr,
     mut first: BytesMut,
     service: &ServiceRuntime,
+    row: Option<&Session>,
 ) {
     let Some((pool, route_policy)) = choose_pool(&mut stream, &mut first, service).await else {
         return;
     };
     if let Some(Err(refusal)) = route_policy.map(|p| p.check_source(client.ip())) {
+        service.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::info!(service = %service.name, client = %client, reason = ?refusal, "tcp session refused by route policy");
         return;
     }
+    let started = Instant::now();
     let now = crate::clock::now();
     let sticky = Sticky::lookup(&service.persistence, pool, client.ip(), &[], now);
     let opts = ConnectOptions {
@@ -49,19 +56,81 @@ pub async fn serve(
     let mut upstream = match pool.connect(opts).await {
         Ok(u) => u,
         Err(e) => {
+            crate::sessions::count_connect_errors(pool, &e);
             tracing::warn!(service = %service.name, error = %e, "tcp session refused");
+            if crate::sessions::access_log() {
+                access(service, client, pool, "-", (0, 0), started);
+            }
             return;
         }
     };
     remember_source(&service.persistence, pool, client.ip(), upstream.backend, now);
     pool.session_ok(upstream.backend);
     let _session = pool.open_session(upstream.backend);
-    if !first.is_empty() && upstream.stream.write_all(&first).await.is_err() {
-        return;
+    let backend = pool.backend(upstream.backend);
+    backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(row) = row {
+        crate::sessions::BackendNames::default().connected(row, pool, upstream.backend, &upstream.stream);
     }
-    if let Err(e) = tunnel(&mut stream, &mut upstream.stream, service.timeouts.client_idle).await {
+    // Client to backend: bytes in for the service and the row, out for the backend.
+    let up = Meter([
+        row.map(|r| &r.bytes_in),
+        Some(&service.stats.bytes_in),
+        Some(&backend.stats.bytes_out),
+        None,
+    ]);
+    let down = Meter([
+        row.map(|r| &r.bytes_out),
+        Some(&service.stats.bytes_out),
+        Some(&backend.stats.bytes_in),
+        None,
+    ]);
+    let moved = if !first.is_empty() && upstream.stream.write_all(&first).await.is_err() {
+        Err(io::Error::new(io::ErrorKind::BrokenPipe, "the backend closed before the first bytes"))
+    } else {
+        up.add(first.len() as u64);
+        let meters = Meters { a_to_b: up, b_to_a: down, activity: row.map(|r| &r.last_activity_unix_ms) };
+        tunnel(&mut stream, &mut upstream.stream, service.timeouts.client_idle, &meters)
+            .await
+            .map(|(to_backend, to_client)| (to_backend + first.len() as u64, to_client))
+    };
+    if let Some(row) = row {
+        row.set_state(SessionState::Closing);
+    }
+    if let Err(e) = &moved {
         tracing::debug!(service = %service.name, error = %e, "tcp session ended with an error");
     }
+    if crate::sessions::access_log() {
+        // After an error the tunnel's totals are lost; the row has them when kept.
+        let bytes = match (&moved, row) {
+            (Ok(totals), _) => *totals,
+            (Err(_), Some(r)) => (r.bytes_in.load(Ordering::Relaxed), r.bytes_out.load(Ordering::Relaxed)),
+            (Err(_), None) => (0, 0),
+        };
+        access(service, client, pool, &backend.name, bytes, started);
+    }
+}
+
+/// The access log line of a tcp session: `bytes` from and to the client.
+fn access(
+    service: &ServiceRuntime,
+    client: SocketAddr,
+    pool: &PoolRuntime,
+    backend: &str,
+    (bytes_in, bytes_out): (u64, u64),
+    started: Instant,
+) {
+    tracing::info!(
+        target: "access",
+        service = %service.name,
+        client = %client,
+        pool = %pool.name,
+        backend = %backend,
+        bytes_in,
+        bytes_out,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "tcp session"
+    );
 }
 
 /// The pool of a tcp session: by the TLS server name when the service has
@@ -116,20 +185,46 @@ pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
     h.finish()
 }
 
+/// What a tunnel counts as bytes move: a meter each way, and the session
+/// row's last activity (wall-clock ms), kept current per chunk.
+#[derive(Default)]
+pub struct Meters<'a> {
+    pub a_to_b: Meter<'a>,
+    pub b_to_a: Meter<'a>,
+    pub activity: Option<&'a AtomicU64>,
+}
+
 /// Moves bytes between `a` and `b` until both directions reach EOF, either
-/// fails, or nothing moves for `idle`. Returns the bytes moved (a→b, b→a).
-pub async fn tunnel(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
+/// fails, or nothing moves for `idle`, adding every chunk to `meters` as it
+/// goes. Returns the bytes moved (a→b, b→a).
+pub async fn tunnel(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Duration,
+    meters: &Meters<'_>,
+) -> io::Result<(u64, u64)> {
     let start = Instant::now();
+    // Wall-clock ms at `start`, to turn the elapsed time into the row's last activity.
+    let start_unix_ms = if meters.activity.is_some() { crate::sessions::unix_ms() } else { 0 };
     // Milliseconds since `start` of the last byte moved either way.
     let last = AtomicU64::new(0);
-    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let touch = |meter: &Meter<'_>, n: u64| {
+        meter.add(n);
+        let ms = start.elapsed().as_millis() as u64;
+        last.store(ms, Ordering::Relaxed);
+        if let Some(activity) = meters.activity {
+            activity.store(start_unix_ms + ms, Ordering::Relaxed);
+        }
+    };
+    let ab = |n| touch(&meters.a_to_b, n);
+    let ba = |n| touch(&meters.b_to_a, n);
     let both = async {
         if SPLICE {
-            tokio::try_join!(splice_one_way(a, b, &touch), splice_one_way(b, a, &touch))
+            tokio::try_join!(splice_one_way(a, b, &ab), splice_one_way(b, a, &ba))
         } else {
             let (mut ar, mut aw) = a.split();
             let (mut br, mut bw) = b.split();
-            tokio::try_join!(copy_one_way(&mut ar, &mut bw, &touch), copy_one_way(&mut br, &mut aw, &touch))
+            tokio::try_join!(copy_one_way(&mut ar, &mut bw, &ab), copy_one_way(&mut br, &mut aw, &ba))
         }
     };
     let watchdog = async {
@@ -154,8 +249,9 @@ pub async fn tunnel(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io:
 /// splice is not wanted (flip this and rebuild to compare).
 const SPLICE: bool = true;
 
-/// Copies `r` into `w` until EOF, then shuts `w` down for writing.
-async fn copy_one_way<R, W>(r: &mut R, w: &mut W, touch: &impl Fn()) -> io::Result<u64>
+/// Copies `r` into `w` until EOF, then shuts `w` down for writing; `moved`
+/// hears of every chunk written.
+async fn copy_one_way<R, W>(r: &mut R, w: &mut W, moved: &impl Fn(u64)) -> io::Result<u64>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -170,7 +266,7 @@ where
         }
         w.write_all(&buf[..n]).await?;
         total += n as u64;
-        touch();
+        moved(n as u64);
     }
 }
 
@@ -178,8 +274,9 @@ where
 const SPLICE_CHUNK: usize = 256 * 1024;
 
 /// Moves `src` into `dst` through a pipe with splice(2): the payload stays in
-/// the kernel. Shuts `dst` down for writing at EOF.
-async fn splice_one_way(src: &TcpStream, dst: &TcpStream, touch: &impl Fn()) -> io::Result<u64> {
+/// the kernel. Shuts `dst` down for writing at EOF; `moved` hears of every
+/// chunk written.
+async fn splice_one_way(src: &TcpStream, dst: &TcpStream, moved: &impl Fn(u64)) -> io::Result<u64> {
     let (pipe_r, pipe_w) = pipe()?;
     let mut total = 0u64;
     loop {
@@ -206,7 +303,7 @@ async fn splice_one_way(src: &TcpStream, dst: &TcpStream, touch: &impl Fn()) -> 
             }
         }
         total += n as u64;
-        touch();
+        moved(n as u64);
     }
 }
 

@@ -53,6 +53,8 @@ enum Command {
         #[arg(long)]
         state_file: Option<PathBuf>,
     },
+    /// The admin API from the shell: status, backends, sessions, snat, drain/enable/disable, reload.
+    Ctl(fulcrum::ctl::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Agent { listen, interface, capacity, state_file } => {
             fulcrum::agent::main(fulcrum::agent::Options { listen, interface, capacity, state_file })
         }
+        Command::Ctl(args) => fulcrum::ctl::main(args),
     }
 }
 

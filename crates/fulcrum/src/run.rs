@@ -2,12 +2,20 @@
 //! drain in-flight sessions within the grace period.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use fulcrum_core::model::Model;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::generation::Generation;
+use crate::listeners::Listeners;
+use crate::state::{ReloadReply, Shared};
 
 /// Runs the load balancer from the configuration file at `path`.
 pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
@@ -21,7 +29,8 @@ pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
     };
     let Some(runtime) = runtime(workers) else { return ExitCode::FAILURE };
     let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-    let code = runtime.block_on(async { serve(model, &base, crate::shutdown::signal()).await });
+    let code = runtime
+        .block_on(async { serve(model, &base, Some(path.to_path_buf()), crate::shutdown::signal()).await });
     // Sessions still running after the grace period are cut here.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
@@ -66,39 +75,102 @@ pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// Binds every listener of `model`, prints one `listening` line per listener
-/// on stdout, serves until `stop` resolves, then lets in-flight sessions
-/// finish for up to the grace period.
-pub async fn serve(model: Model, base: &Path, stop: impl Future<Output = ()>) -> ExitCode {
+/// Serves `model` until `stop` resolves, then lets in-flight sessions
+/// finish for up to the grace period. Prints one `listening` line per bound
+/// listener on stdout (the admin API's last). SIGHUP, or `POST
+/// /api/v1/reload`, reloads `config_path`: the new configuration is checked
+/// whole and applied at once, or refused with nothing changed.
+pub async fn serve(
+    model: Model,
+    base: &Path,
+    config_path: Option<PathBuf>,
+    stop: impl Future<Output = ()>,
+) -> ExitCode {
     // Before anything is announced: a SIGHUP from then on must find the handler.
-    ignore_hangup();
-    let bound = match crate::server::bind(&model, base) {
-        Ok(b) => b,
+    let mut hangups = signal(SignalKind::hangup()).ok();
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let (generation, _) = match Generation::build(model, base, None) {
+        Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    for (service, listener) in &bound.listeners {
+    let mut listeners = Listeners::default();
+    let plan = match listeners.plan(&generation) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match &generation.model.admin {
+        Some(a) => match crate::server::listen(a.listen) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: admin: cannot listen on {}: {e}", a.listen);
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let admin_tokens = match admin_tokens(&generation.model, base) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::sessions::set_access_log(generation.model.runtime.access_log);
+    listeners.commit(plan, &shutdown, &sessions);
+    generation.start(None, &shutdown);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadReply>(4);
+    let shared = Arc::new(Shared {
+        live: ArcSwap::from_pointee(generation.live()),
+        sessions: crate::sessions::table().clone(),
+        reload: reload_tx,
+        config_path: config_path.clone(),
+        admin_tokens,
+    });
+    if let Some(listener) = admin {
         if let Ok(address) = listener.local_addr() {
-            println!("listening service={} address={address}", service.name);
+            println!("listening admin address={address}");
+        }
+        tokio::spawn(crate::admin::serve(listener, shared.clone(), shutdown.clone()));
+    }
+    let mut current = generation;
+    tokio::pin!(stop);
+    loop {
+        let reply = tokio::select! {
+            () = &mut stop => break,
+            Some(()) = hangup(&mut hangups) => None,
+            Some(reply) = reload_rx.recv() => Some(reply),
+        };
+        let mut ctx = Reload {
+            path: config_path.as_deref(),
+            base,
+            listeners: &mut listeners,
+            shutdown: &shutdown,
+            sessions: &sessions,
+        };
+        let result = ctx.reload(&mut current, &shared);
+        match &result {
+            Ok(changes) => tracing::info!(changes = %changes, "configuration reloaded"),
+            Err(why) => tracing::warn!(error = %why, "reload refused, configuration unchanged"),
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
         }
     }
-    if let Some(admin) = &model.admin {
-        tracing::warn!(listen = %admin.listen, "the admin API is not served yet; [admin] is accepted and ignored");
-    }
-    let shutdown = CancellationToken::new();
-    let sessions = TaskTracker::new();
-    let accepting = tokio::spawn(bound.serve(shutdown.clone(), sessions.clone()));
-    stop.await;
-    let grace = model.runtime.shutdown_grace;
+    // The grace period of the configuration in force now.
+    let grace = current.model.runtime.shutdown_grace;
     tracing::info!(
         sessions = sessions.len(),
         ?grace,
         "shutting down: no longer accepting, finishing sessions"
     );
     shutdown.cancel();
-    let _ = accepting.await;
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!(sessions = sessions.len(), "grace period over, cutting the remaining sessions");
@@ -106,17 +178,70 @@ pub async fn serve(model: Model, base: &Path, stop: impl Future<Output = ()>) ->
     ExitCode::SUCCESS
 }
 
-/// SIGHUP's default action kills the process, and operators send it expecting
-/// a reload: until reload exists, keep serving and say so.
-fn ignore_hangup() {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::warn!("SIGHUP received: reload is not supported yet, configuration unchanged");
+/// The next SIGHUP (never, without a handler).
+async fn hangup(hangups: &mut Option<Signal>) -> Option<()> {
+    match hangups {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Everything a reload touches besides the generations.
+struct Reload<'a> {
+    path: Option<&'a Path>,
+    base: &'a Path,
+    listeners: &'a mut Listeners,
+    shutdown: &'a CancellationToken,
+    sessions: &'a TaskTracker,
+}
+
+impl Reload<'_> {
+    /// Reads, checks and applies the configuration file; on any error nothing
+    /// changes. Returns what changed, or why nothing did.
+    fn reload(&mut self, current: &mut Generation, shared: &Shared) -> Result<String, String> {
+        let path = self.path.ok_or("there is no configuration file to reload (fulcrum demo)")?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let loaded = fulcrum_core::config::load(&text).map_err(|errors| {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            format!("{}: {}", path.display(), all.join("; "))
+        })?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
         }
-    });
+        let model = loaded.model;
+        if model.admin != current.model.admin {
+            tracing::warn!("[admin] changes take effect on restart");
+        }
+        let (next, changes) =
+            Generation::build(model, self.base, Some(current)).map_err(|e| e.to_string())?;
+        let plan = self.listeners.plan(&next).map_err(|e| e.to_string())?;
+        // Committed from here on: nothing below can fail.
+        self.listeners.commit(plan, self.shutdown, self.sessions);
+        next.start(Some(current), self.shutdown);
+        crate::sessions::set_access_log(next.model.runtime.access_log);
+        shared.live.store(Arc::new(next.live()));
+        *current = next;
+        Ok(if changes.is_empty() { "no change".into() } else { changes.join(", ") })
+    }
+}
+
+/// The tokens mutating admin calls need (`[admin] token_file`, one a line).
+fn admin_tokens(model: &Model, base: &Path) -> Result<Vec<String>, String> {
+    let Some(file) = model.admin.as_ref().and_then(|a| a.token_file.as_ref()) else { return Ok(Vec::new()) };
+    let path = base.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("admin: token_file {:?}: cannot read: {e}", path.display()))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if tokens.is_empty() {
+        return Err(format!("admin: token_file {:?} has no token", path.display()));
+    }
+    Ok(tokens)
 }
 
 pub fn init_logging() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fulcrum_core::http::error_response;
-use fulcrum_core::model::{Mode, Model, OnLimit};
+use fulcrum_core::model::{Mode, OnLimit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -15,14 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::service::ServiceRuntime;
-use crate::upstream::PoolRuntime;
-
-/// Every listener of a configuration, bound and not yet serving.
-pub struct Bound {
-    pub listeners: Vec<(Arc<ServiceRuntime>, TcpListener)>,
-    /// Every pool, whether a service uses it or not (its checks still run).
-    pub pools: Vec<Arc<PoolRuntime>>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -32,27 +24,8 @@ pub enum BindError {
     Load(#[from] crate::service::LoadError),
 }
 
-/// Binds every listener of `model`; the first failure names its service and
-/// address. Files the model names (htpasswd, tokens) are read relative to `base`.
-pub fn bind(model: &Model, base: &std::path::Path) -> Result<Bound, BindError> {
-    let pools: Vec<Arc<PoolRuntime>> =
-        model.pools.iter().enumerate().map(|(i, p)| Arc::new(PoolRuntime::new(p, i))).collect();
-    let mut listeners = Vec::new();
-    for s in &model.services {
-        let service = Arc::new(ServiceRuntime::new(s, &pools, base)?);
-        for &address in &s.listen {
-            let listener = listen(address).map_err(|source| BindError::Listen {
-                service: s.name.clone(),
-                address,
-                source,
-            })?;
-            listeners.push((service.clone(), listener));
-        }
-    }
-    Ok(Bound { listeners, pools })
-}
-
-fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds a listening socket the way every listener is bound.
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     // Lets a restarted Fulcrum bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
@@ -65,41 +38,23 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-impl Bound {
-    /// Runs every accept loop until `shutdown` is cancelled; connections are
-    /// spawned on `sessions` so the caller can wait for them to finish.
-    pub async fn serve(self, shutdown: CancellationToken, sessions: TaskTracker) {
-        for pool in &self.pools {
-            crate::check::spawn(pool, &shutdown);
-        }
-        // One expiry task per service (a service may have several listeners).
-        let mut services: Vec<&Arc<ServiceRuntime>> = self.listeners.iter().map(|(s, _)| s).collect();
-        services.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        for service in services {
-            tokio::spawn(expire_tables(service.clone(), shutdown.clone()));
-        }
-        let mut loops = Vec::new();
-        for (service, listener) in self.listeners {
-            loops.push(tokio::spawn(accept_loop(listener, service, shutdown.clone(), sessions.clone())));
-        }
-        for l in loops {
-            let _ = l.await;
-        }
-    }
-}
-
-async fn accept_loop(
+/// Accepts connections until `stop` (this listener removed, or shutdown).
+/// Each connection is served by the service the slot holds when it is
+/// accepted, so a reload applies from the next connection on.
+pub async fn accept_loop(
     listener: TcpListener,
-    service: Arc<ServiceRuntime>,
+    slot: Arc<arc_swap::ArcSwap<ServiceRuntime>>,
+    stop: CancellationToken,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
     let Ok(local) = listener.local_addr() else { return };
     loop {
         let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             r = listener.accept() => r,
         };
+        let service = slot.load_full();
         let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
@@ -110,10 +65,11 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
+            crate::front::count_accepted(&service);
             let Some(_slot) = admit(&service).await else {
+                crate::front::count_refused_at_limit(&service);
                 refuse(stream, &service).await;
                 return;
             };
@@ -122,6 +78,8 @@ async fn accept_loop(
             else {
                 return;
             };
+            // The session's row in the session table, until this task ends.
+            let row = crate::sessions::open(&service, client, local);
             let admitted =
                 service.policy.check_source(client.ip()).and_then(|()| service.policy.admit(client.ip()));
             let _session = match admitted {
@@ -129,8 +87,10 @@ async fn accept_loop(
                 Err(refusal) => return crate::front::refuse(stream, &service, client, &refusal).await,
             };
             match service.mode {
-                Mode::Tcp => crate::l4::serve(stream, client, local, first, &service).await,
-                Mode::Http => crate::l7::serve(stream, client, local, first, &service, &shutdown).await,
+                Mode::Tcp => crate::l4::serve(stream, client, local, first, &service, row.as_deref()).await,
+                Mode::Http => {
+                    crate::l7::serve(stream, client, local, first, &service, &shutdown, row.as_deref()).await
+                }
             }
         });
     }
@@ -139,10 +99,17 @@ async fn accept_loop(
 /// How often persistence tables drop expired entries (they also expire on lookup).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
 
-async fn expire_tables(service: Arc<ServiceRuntime>, shutdown: CancellationToken) {
+/// Sweeps the service's persistence tables until its generation is
+/// replaced (`retired`) or Fulcrum shuts down.
+pub async fn expire_tables(
+    service: Arc<ServiceRuntime>,
+    retired: CancellationToken,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = retired.cancelled() => return,
             () = tokio::time::sleep(EXPIRY_INTERVAL) => service.persistence.expire(crate::clock::now()),
         }
     }

@@ -21,6 +21,9 @@ use crate::upstream::PoolRuntime;
 pub struct ServiceRuntime {
     pub name: String,
     pub mode: Mode,
+    /// The addresses its listeners are bound to (port 0 resolved), filled in
+    /// when the listeners are committed; for operators.
+    pub listen: Mutex<Vec<std::net::SocketAddr>>,
     pub timeouts: Timeouts,
     pub retries: u32,
     /// Where a request no route matches goes; `None` answers 404 (http) or refuses (tcp).
@@ -31,6 +34,8 @@ pub struct ServiceRuntime {
     pub routes: Vec<RouteRuntime>,
     pub policy: PolicyRuntime,
     pub persistence: PersistRuntime,
+    /// The persistence config, to tell on reload whether the tables can stay.
+    persistence_model: Persistence,
     pub accept_proxy_protocol: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: Limits,
@@ -59,7 +64,14 @@ pub struct LoadError {
 
 impl ServiceRuntime {
     /// Builds the runtime of `s`; relative credential files are read from `base`.
-    pub fn new(s: &Service, pools: &[Arc<PoolRuntime>], base: &Path) -> Result<ServiceRuntime, LoadError> {
+    /// With `old` (the same service before a reload), its persistence tables
+    /// are kept when the persistence config and every pool it used are unchanged.
+    pub fn new(
+        s: &Service,
+        pools: &[Arc<PoolRuntime>],
+        base: &Path,
+        old: Option<&ServiceRuntime>,
+    ) -> Result<ServiceRuntime, LoadError> {
         let mut routes = Vec::new();
         for r in &s.routes {
             let pool = match r.action {
@@ -75,19 +87,46 @@ impl ServiceRuntime {
         Ok(ServiceRuntime {
             name: s.name.clone(),
             mode: s.mode,
+            listen: Mutex::new(Vec::new()),
             timeouts: s.timeouts.clone(),
             retries: s.retries,
             pool: s.pool.map(|p| pools[p.0].clone()),
             route_models: s.routes.clone(),
             routes,
             policy: PolicyRuntime::new(&s.policy, base).map_err(|e| e.at(&s.name, None))?,
-            persistence: PersistRuntime::new(&s.persistence),
+            persistence: {
+                let fresh = PersistRuntime::new(&s.persistence);
+                match old {
+                    Some(o) if o.persistence_model == s.persistence && o.same_pools(s, pools) => {
+                        fresh.inherit(&o.persistence)
+                    }
+                    _ => fresh,
+                }
+            },
+            persistence_model: s.persistence.clone(),
             accept_proxy_protocol: s.accept_proxy_protocol,
             trusted_proxies: s.trusted_proxies.clone(),
             limits: s.limits.clone(),
             slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
             stats: crate::stats::ServiceStats::default(),
         })
+    }
+
+    /// Whether `s` (the new config of this service) uses exactly the pool
+    /// runtimes this one does: the same `Arc`s, default pool and routes alike.
+    fn same_pools(&self, s: &Service, pools: &[Arc<PoolRuntime>]) -> bool {
+        let same = |old: Option<&Arc<PoolRuntime>>, new: Option<&Arc<PoolRuntime>>| match (old, new) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let route_pools = s.routes.iter().map(|r| match r.action {
+            RouteAction::Pool(p) => Some(&pools[p.0]),
+            _ => None,
+        });
+        same(self.pool.as_ref(), s.pool.map(|p| &pools[p.0]))
+            && self.routes.len() == s.routes.len()
+            && self.routes.iter().zip(route_pools).all(|(o, n)| same(o.pool.as_ref(), n))
     }
 
     /// The first route an http request matches.
@@ -262,20 +301,16 @@ impl Drop for SessionSlot {
 
 /// A service's persistence and its tables. Keys carry the pool's index,
 /// since routes may send one client to several pools.
+/// The cookie map table of learn mode: (pool, application cookie) → backend.
+pub type CookieMap = StickyTable<(usize, String)>;
+
+/// Tables are shared (`Arc`) so a reload that changes neither the
+/// persistence nor the pools of a service hands them on intact.
 pub enum PersistRuntime {
     None,
-    Cookie {
-        config: fulcrum_core::model::CookiePersistence,
-        learned: Option<Mutex<StickyTable<(usize, String)>>>,
-    },
-    SourceIp {
-        mask_v4: u8,
-        mask_v6: u8,
-        table: Mutex<StickyTable<(usize, IpAddr)>>,
-    },
-    Header {
-        name: String,
-    },
+    Cookie { config: fulcrum_core::model::CookiePersistence, learned: Option<Arc<Mutex<CookieMap>>> },
+    SourceIp { mask_v4: u8, mask_v6: u8, table: Arc<Mutex<StickyTable<(usize, IpAddr)>>> },
+    Header { name: String },
 }
 
 impl PersistRuntime {
@@ -284,14 +319,29 @@ impl PersistRuntime {
             Persistence::None => PersistRuntime::None,
             Persistence::Cookie(c) => PersistRuntime::Cookie {
                 config: c.clone(),
-                learned: c.learn.then(|| Mutex::new(StickyTable::new(c.ttl, c.max_entries))),
+                learned: c.learn.then(|| Arc::new(Mutex::new(StickyTable::new(c.ttl, c.max_entries)))),
             },
             Persistence::SourceIp { mask_v4, mask_v6, ttl, max_entries } => PersistRuntime::SourceIp {
                 mask_v4: *mask_v4,
                 mask_v6: *mask_v6,
-                table: Mutex::new(StickyTable::new(*ttl, *max_entries)),
+                table: Arc::new(Mutex::new(StickyTable::new(*ttl, *max_entries))),
             },
             Persistence::Header { name } => PersistRuntime::Header { name: name.clone() },
+        }
+    }
+
+    /// The same kind with the tables of `old` (which must come from an
+    /// identical persistence config).
+    fn inherit(&self, old: &PersistRuntime) -> PersistRuntime {
+        match (self, old) {
+            (PersistRuntime::Cookie { config, .. }, PersistRuntime::Cookie { learned, .. }) => {
+                PersistRuntime::Cookie { config: config.clone(), learned: learned.clone() }
+            }
+            (PersistRuntime::SourceIp { mask_v4, mask_v6, .. }, PersistRuntime::SourceIp { table, .. }) => {
+                PersistRuntime::SourceIp { mask_v4: *mask_v4, mask_v6: *mask_v6, table: table.clone() }
+            }
+            (PersistRuntime::Header { name }, _) => PersistRuntime::Header { name: name.clone() },
+            _ => PersistRuntime::None,
         }
     }
 

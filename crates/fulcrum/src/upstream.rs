@@ -1,10 +1,10 @@
 //! Connections to backends: pick by the pool's selector, connect (trying the
-//! next backend after a failure), and keep idle keep-alive connections for
-//! reuse.
+//! next backend after a failure) from a source address of the pool's client
+//! NAT pool if it has one, and keep idle keep-alive connections for reuse.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fulcrum_core::agent::{AgentReport, AgentState};
@@ -14,6 +14,8 @@ use fulcrum_core::select::{self, PoolView, Selector};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use crate::snat::{SnatLease, SnatRuntime};
+
 /// A pool as the data path sees it: the selector plus live per-backend state.
 pub struct PoolRuntime {
     pub name: String,
@@ -22,6 +24,9 @@ pub struct PoolRuntime {
     /// The configuration this runtime was built from.
     pub model: Pool,
     pub backends: Vec<BackendRuntime>,
+    /// The client NAT pool backend connections take their source address
+    /// from; `None` lets the kernel pick.
+    pub snat: Option<Arc<SnatRuntime>>,
     selector: Box<dyn Selector>,
     /// A consistent-hash ring over the same backends, for header persistence.
     ring: Box<dyn Selector>,
@@ -72,6 +77,8 @@ pub struct BackendRuntime {
 
 struct Idle {
     stream: TcpStream,
+    /// The source address:port the stream is bound to, held while it idles.
+    snat: Option<SnatLease>,
     since: Instant,
 }
 
@@ -82,6 +89,9 @@ pub struct Upstream {
     /// Taken from the idle pool: the backend may have closed it meanwhile,
     /// so a request that failed on it without any response may be retried.
     pub reused: bool,
+    /// The client NAT address:port `stream` is bound to: released when this
+    /// drops, so it must go wherever the stream goes (`release` takes both).
+    pub snat: Option<SnatLease>,
 }
 
 /// Why no backend connection could be had.
@@ -91,7 +101,23 @@ pub enum UpstreamError {
     NoBackend { pool: String },
     #[error("no backend of pool {pool:?} could be reached: {attempts}")]
     ConnectFailed { pool: String, attempts: String },
+    #[error("snat pool {snat:?} of pool {pool:?} is exhausted: no source address:port is free")]
+    SnatExhausted { pool: String, snat: String },
+    #[error(
+        "pool {pool:?}: cannot bind source address {source_address} of snat pool {snat:?}: {error}; \
+         its addresses must be configured on this host"
+    )]
+    SnatBind { pool: String, snat: String, source_address: SocketAddrV4, error: std::io::Error },
 }
+
+/// Source address:ports tried per connect when the ones leased turn out to
+/// be busy (bound by another process, or still in TIME_WAIT toward the
+/// same backend) before the session is refused as if the pool were exhausted.
+const SOURCE_TRIES: usize = 8;
+/// The first pause before trying busy source address:ports again, doubling
+/// up to `BUSY_PAUSE_MAX` while the snat pool's `wait` lasts.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// What a session needs to connect: its hash key and the service's bounds.
 #[derive(Clone, Copy, Debug)]
@@ -113,11 +139,14 @@ pub struct ConnectOptions {
 }
 
 impl PoolRuntime {
-    pub fn new(pool: &Pool, index: usize) -> Self {
+    /// Builds the runtime of `pool`; `index` is unique in the process (it keys
+    /// persistence tables); `snat` is its client NAT pool, if any.
+    pub fn new(pool: &Pool, index: usize, snat: Option<Arc<SnatRuntime>>) -> Self {
         PoolRuntime {
             name: pool.name.clone(),
             index,
             model: pool.clone(),
+            snat,
             ring: select::build(fulcrum_core::model::Algorithm::Maglev, &pool.backends),
             backends: pool
                 .backends
@@ -304,13 +333,13 @@ impl PoolRuntime {
             };
             let proxy = self.model.proxy_protocol.zip(opts.proxy);
             if let Some(within) = opts.reuse_within.filter(|_| proxy.is_none()) {
-                if let Some(stream) = self.checkout(id, within) {
-                    return Ok(Upstream { backend: id, stream, reused: true });
+                if let Some((stream, snat)) = self.checkout(id, within) {
+                    return Ok(Upstream { backend: id, stream, reused: true, snat });
                 }
             }
             let backend = self.backend(id);
-            match connect(backend.address, opts.connect_timeout, proxy).await {
-                Ok(stream) => return Ok(Upstream { backend: id, stream, reused: false }),
+            match self.connect_from_source(backend.address, opts.connect_timeout, proxy).await? {
+                Ok((stream, snat)) => return Ok(Upstream { backend: id, stream, reused: false, snat }),
                 Err(e) => {
                     tracing::warn!(pool = %self.name, backend = %backend.name, address = %backend.address, error = %e, "connect failed");
                     self.session_failed(id, &format!("connect: {e}"));
@@ -336,9 +365,78 @@ impl PoolRuntime {
         SessionGuard { pool: self, id }
     }
 
-    /// Returns a connection whose exchange ended cleanly to the idle pool,
-    /// closing pooled ones idle for `within` or longer.
-    pub fn release(&self, id: BackendId, stream: TcpStream, within: Duration) {
+    /// Connects to `address`, bound to an address:port of the pool's client
+    /// NAT pool when it has one (waiting up to the snat pool's `wait` for a
+    /// free one). The outer error ends the session, since no backend would
+    /// do better: no source address:port to be had. The inner one is a
+    /// failed connect to this backend.
+    async fn connect_from_source(
+        &self,
+        address: SocketAddr,
+        timeout: Duration,
+        proxy: Option<(ProxyVersion, (SocketAddr, SocketAddr))>,
+    ) -> Result<std::io::Result<(TcpStream, Option<SnatLease>)>, UpstreamError> {
+        let Some(snat) = &self.snat else {
+            return Ok(connect(address, timeout, proxy, None)
+                .await
+                .map(|s| (s, None))
+                .map_err(Failure::into_io));
+        };
+        let exhausted = || UpstreamError::SnatExhausted { pool: self.name.clone(), snat: snat.name.clone() };
+        let deadline = Instant::now() + snat.model.wait;
+        // Busy ones stay leased while others are tried, so the allocator
+        // does not hand the same address:port straight back.
+        let mut busy = Vec::new();
+        let mut tries = 0;
+        let mut pause = BUSY_PAUSE;
+        while tries < SOURCE_TRIES {
+            let lease = match snat.try_lease() {
+                Some(lease) => lease,
+                // Idle keep-alive connections hold sources too: closing one
+                // beats refusing a session, which may want another backend.
+                None if self.close_oldest_idle() => continue,
+                None if busy.is_empty() => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    snat.lease(wait).await.ok_or_else(exhausted)?
+                }
+                None => {
+                    // Only busy ones are free. One in TIME_WAIT toward this
+                    // backend comes clear in time (on loopback the kernel
+                    // reuses it after a second), so a session that may wait
+                    // gives them back and tries again shortly.
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    if wait.is_zero() {
+                        break;
+                    }
+                    busy.clear();
+                    tokio::time::sleep(pause.min(wait)).await;
+                    pause = (pause * 2).min(BUSY_PAUSE_MAX);
+                    continue;
+                }
+            };
+            tries += 1;
+            let source = lease.address();
+            match connect(address, timeout, proxy, Some(source)).await {
+                Ok(stream) => return Ok(Ok((stream, Some(lease)))),
+                Err(Failure::SourceBusy(e)) => {
+                    tracing::debug!(pool = %self.name, snat_pool = %snat.name, source = %source, error = %e, "source address busy; trying another");
+                    busy.push(lease);
+                }
+                Err(Failure::Bind(error)) => {
+                    let (pool, snat) = (self.name.clone(), snat.name.clone());
+                    return Err(UpstreamError::SnatBind { pool, snat, source_address: source, error });
+                }
+                Err(Failure::Connect(e)) => return Ok(Err(e)),
+            }
+        }
+        snat.refused();
+        Err(exhausted())
+    }
+
+    /// Returns a connection whose exchange ended cleanly to the idle pool
+    /// with the client NAT address:port it is bound to (released when the
+    /// connection is closed), closing pooled ones idle for `within` or longer.
+    pub fn release(&self, id: BackendId, stream: TcpStream, snat: Option<SnatLease>, within: Duration) {
         if self.max_idle == 0 || self.model.proxy_protocol.is_some() {
             return; // pooling off, or a client's own connection: dropping it closes it
         }
@@ -351,11 +449,32 @@ impl PoolRuntime {
             // Drop the oldest: it is the likeliest to be closed by the backend.
             idle.remove(0);
         }
-        idle.push(Idle { stream, since: Instant::now() });
+        idle.push(Idle { stream, snat, since: Instant::now() });
     }
 
-    /// The freshest idle connection to `id` that is still open and younger than `within`.
-    fn checkout(&self, id: BackendId, within: Duration) -> Option<TcpStream> {
+    /// Closes the pool's oldest idle connection, giving back its client NAT
+    /// address:port; false when none idles.
+    fn close_oldest_idle(&self) -> bool {
+        let oldest = self
+            .backends
+            .iter()
+            .filter_map(|b| Some((b.idle.lock().unwrap_or_else(|p| p.into_inner()).first()?.since, b)))
+            .min_by_key(|(since, _)| *since);
+        let Some((_, backend)) = oldest else { return false };
+        let mut idle = backend.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Another session may have taken it meanwhile: then there is nothing to close here.
+        if idle.is_empty() {
+            return false;
+        }
+        let closed = idle.remove(0);
+        drop(idle);
+        drop(closed);
+        true
+    }
+
+    /// The freshest idle connection to `id` that is still open and younger
+    /// than `within`, with its client NAT lease.
+    fn checkout(&self, id: BackendId, within: Duration) -> Option<(TcpStream, Option<SnatLease>)> {
         let mut idle = self.backend(id).idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() >= within {
@@ -367,7 +486,9 @@ impl PoolRuntime {
             // the backend closed it or misbehaved.
             let mut probe = [0u8; 1];
             match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn.stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Some((conn.stream, conn.snat))
+                }
                 _ => continue,
             }
         }
@@ -393,6 +514,22 @@ impl Drop for SessionGuard<'_> {
 }
 
 impl BackendRuntime {
+    /// Takes over what a reload must not forget from the same backend (same
+    /// name and address) in the previous generation of its pool: health and
+    /// its history, target state, the agent's last word and load.
+    pub fn inherit(&self, old: &BackendRuntime) {
+        *self.lock_health() = old.lock_health().clone();
+        for (new, old) in [(&self.up, &old.up), (&self.failing, &old.failing)] {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (new, old) in [(&self.target, &old.target), (&self.agent_state, &old.agent_state)] {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.agent_reachable.store(old.agent_reachable.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.load.store(old.load.load(Ordering::Relaxed), Ordering::Relaxed);
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = old.report();
+    }
+
     fn lock_health(&self) -> std::sync::MutexGuard<'_, BackendHealth> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -445,23 +582,65 @@ impl PoolView for View<'_> {
     }
 }
 
+/// Why a connect failed: the first two are about the source address:port,
+/// not the backend.
+enum Failure {
+    /// The source address:port is bound by someone else, or its connection
+    /// to this backend still exists (TIME_WAIT): another one may work.
+    SourceBusy(std::io::Error),
+    /// The source address cannot be bound at all (e.g. not on this host).
+    Bind(std::io::Error),
+    Connect(std::io::Error),
+}
+
+impl Failure {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            Failure::SourceBusy(e) | Failure::Bind(e) | Failure::Connect(e) => e,
+        }
+    }
+}
+
+/// Connects to `address`, from `source` if given (bound with SO_REUSEADDR,
+/// so a source port whose last connection sits in TIME_WAIT can be bound
+/// again for another backend).
 async fn connect(
     address: SocketAddr,
     timeout: Duration,
     proxy: Option<(ProxyVersion, (SocketAddr, SocketAddr))>,
-) -> std::io::Result<TcpStream> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    let mut stream = tokio::time::timeout(timeout, socket.connect(address)).await.map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("timed out after {timeout:?}"))
-    })??;
-    stream.set_nodelay(true)?;
+    source: Option<SocketAddrV4>,
+) -> Result<TcpStream, Failure> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+    let socket = socket.map_err(Failure::Connect)?;
+    if let Some(source) = source {
+        socket.set_reuseaddr(true).map_err(Failure::Bind)?;
+        socket.bind(source.into()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => Failure::SourceBusy(e),
+            _ => Failure::Bind(e),
+        })?;
+    }
+    let connected = tokio::time::timeout(timeout, socket.connect(address)).await.map_err(|_| {
+        Failure::Connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("timed out after {timeout:?}"),
+        ))
+    })?;
+    let mut stream = connected.map_err(|e| match e.kind() {
+        // From a bound source, the 4-tuple is taken: a connection from this
+        // address:port to this backend still exists.
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse if source.is_some() => {
+            Failure::SourceBusy(e)
+        }
+        _ => Failure::Connect(e),
+    })?;
+    stream.set_nodelay(true).map_err(Failure::Connect)?;
     if let Some((version, (client, server))) = proxy {
         let header = fulcrum_core::proxy::encode(version, client, server);
         tokio::time::timeout(timeout, tokio::io::AsyncWriteExt::write_all(&mut stream, &header))
             .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "PROXY header not sent in time")
-            })??;
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "PROXY header not sent in time"))
+            .and_then(|r| r)
+            .map_err(Failure::Connect)?;
     }
     Ok(stream)
 }

@@ -182,6 +182,69 @@ backend = [{ name = "api1", address = "127.0.0.1:9101" }]
 }
 
 #[test]
+fn snat_pool_errors_come_out_together() {
+    let text = r#"[admin]
+listen = "127.0.0.1:9900"
+token_file = ""
+
+[[service]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+mode = "http"
+pool = "web"
+
+[[pool]]
+name = "web"
+snat = "to-server"
+backend = [{ name = "web1", address = "127.0.0.1:9001" }]
+
+[[snat_pool]]
+name = "to-servers"
+first_ip = "10.0.0.10"
+last_ip = "10.1.0.19"
+netmask = "255.255.0.0"
+ports = "30000-20000"
+block_size = 64
+wiat = "1s"
+"#;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, path) = check_text(dir.path(), "snat.toml", text);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "", "no summary for a broken file");
+    let stderr = stderr(&output);
+    let expected = [
+        r#"error: line 3: admin: token_file is empty"#,
+        r#"error: line 13: pool "web": snat pool "to-server" is not defined (snat pools defined: "to-servers")"#,
+        r#"error: line 19: snat pool "to-servers": first_ip 10.0.0.10 and last_ip 10.1.0.19 are not in one network of netmask 255.255.0.0 (10.0.0.0/16 and 10.1.0.0/16)"#,
+        r#"error: line 21: snat pool "to-servers": ports "30000-20000" runs backwards; write the lower port first, like "20000-30000""#,
+        r#"error: line 23: snat pool "to-servers": unknown key "wiat", did you mean "wait"?"#,
+    ];
+    let mut from = 0;
+    for part in expected {
+        let at = stderr[from..].find(part).map(|i| from + i);
+        assert!(at.is_some(), "stderr lacks {part:?} after byte {from}, in file order:\n{stderr}");
+        from = at.unwrap_or(from) + part.len();
+    }
+    let total = format!("{}: 5 error(s)", path.display());
+    assert!(stderr.contains(&total), "stderr lacks {total:?}:\n{stderr}");
+}
+
+#[test]
+fn a_snat_pool_is_counted_in_the_summary_and_an_unused_one_warned_about() {
+    let snat = "\n[[snat_pool]]\nname = \"spare\"\nfirst_ip = \"127.0.0.10\"\nlast_ip = \"127.0.0.10\"\n\
+                netmask = \"255.255.255.255\"\nports = \"20000-20099\"\nblock_size = 10\n";
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (output, _) = check_text(dir.path(), "spare-snat.toml", &format!("{VALID}{snat}"));
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert!(
+        stdout(&output).contains(": ok, 1 service, 1 pool, 3 backends, 1 snat pool"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(stderr(&output).trim(), r#"warning: line 17: snat pool "spare" is not used by any pool"#);
+}
+
+#[test]
 fn an_unreadable_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let missing = dir.path().join("missing.toml");
@@ -227,7 +290,7 @@ fn every_example_passes_check() {
             checked.push(path);
         }
     }
-    for name in ["quickstart.toml", "tcp.toml", "health.toml", "routing.toml", "sni.toml"] {
+    for name in ["quickstart.toml", "tcp.toml", "health.toml", "routing.toml", "sni.toml", "snat.toml"] {
         assert!(checked.iter().any(|p| p.ends_with(name)), "expected examples/{name}, found {checked:?}");
     }
 }

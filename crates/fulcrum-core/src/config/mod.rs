@@ -10,11 +10,13 @@
 //!
 //! The text is parsed into `toml_edit`'s spanned document, then `schema`
 //! reads one table at a time (`checks` the health and passive tables of a
-//! pool; `routes`, `persistence` and `policy` those of a service) and
+//! pool; `routes`, `persistence` and `policy` those of a service; `snat`
+//! each `[[snat_pool]]`) and
 //! `validate` checks what spans tables. The
 //! schema itself (keys, types, defaults) is documented in
 //! `examples/quickstart.toml` (routing in `examples/routing.toml` and
-//! `examples/sni.toml`) and at the top of each reader.
+//! `examples/sni.toml`, client NAT pools in `examples/snat.toml`) and at the
+//! top of each reader.
 
 mod checks;
 mod persistence;
@@ -22,6 +24,7 @@ mod policy;
 mod read;
 mod routes;
 mod schema;
+mod snat;
 mod validate;
 
 #[cfg(test)]
@@ -77,7 +80,10 @@ pub fn load(text: &str) -> Result<Loaded, Vec<ConfigError>> {
     let service_tables = r.tables(&root, "service", "service");
     let services =
         service_tables.into_iter().enumerate().map(|(i, t)| schema::service(&mut r, t, i)).collect();
-    let model = validate::model(&mut r, admin, runtime, services, pools);
+    let snat_tables = r.tables(&root, "snat_pool", "snat_pool");
+    let snat_pools =
+        snat_tables.into_iter().enumerate().map(|(i, t)| snat::snat_pool(&mut r, t, i)).collect();
+    let model = validate::model(&mut r, admin, runtime, services, pools, snat_pools);
 
     let (mut errors, warnings) = r.finish();
     match model {
@@ -111,15 +117,20 @@ fn syntax_error(text: &str, e: &toml_edit::TomlError) -> ConfigError {
 }
 
 impl Model {
-    /// A one-line summary: "1 service, 1 pool, 3 backends".
+    /// A one-line summary: "1 service, 1 pool, 3 backends", and ", 1 snat
+    /// pool" when there are any.
     pub fn summary(&self) -> String {
         let backends = self.pools.iter().map(|p| p.backends.len()).sum();
-        format!(
+        let mut summary = format!(
             "{}, {}, {}",
             count(self.services.len(), "service"),
             count(self.pools.len(), "pool"),
             count(backends, "backend")
-        )
+        );
+        if !self.snat_pools.is_empty() {
+            summary.push_str(&format!(", {}", count(self.snat_pools.len(), "snat pool")));
+        }
+        summary
     }
 }
 

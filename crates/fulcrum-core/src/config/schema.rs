@@ -10,6 +10,7 @@
 //! `policy`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml_edit::{Item, TableLike};
@@ -22,9 +23,9 @@ use crate::model::{
     Runtime, TargetState, Timeouts,
 };
 
-pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool"];
-const ADMIN_KEYS: &[&str] = &["listen"];
-const RUNTIME_KEYS: &[&str] = &["shutdown_grace"];
+pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool", "snat_pool"];
+const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
+const RUNTIME_KEYS: &[&str] = &["shutdown_grace", "access_log"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -51,6 +52,7 @@ const POOL_KEYS: &[&str] = &[
     "health",
     "passive",
     "backend",
+    "snat",
 ];
 const BACKEND_KEYS: &[&str] = &["name", "address", "weight", "state", "max_connections", "agent"];
 
@@ -91,19 +93,33 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) fn admin(r: &mut Report, root: &Section) -> Option<Located<Admin>> {
     let s = r.named_section(root, "admin", ADMIN_KEYS)?;
     r.require(&s, &["listen"]);
+    let token_file = token_file(r, &s);
     let listen = r.string(&s, "listen")?;
     let address = socket_addr(r, &s, "listen", listen, None)?;
-    // token_file: placeholder until the key is read (issue 5 in progress).
-    Some(Located { value: Admin { listen: address, token_file: None }, line: listen.line })
+    Some(Located { value: Admin { listen: address, token_file }, line: listen.line })
+}
+
+/// `admin.token_file`, kept as written: the daemon reads it, resolving a
+/// relative path against the configuration file's directory.
+fn token_file(r: &mut Report, s: &Section) -> Option<PathBuf> {
+    let found = r.string(s, "token_file")?;
+    if found.value.trim().is_empty() {
+        let message = "token_file is empty; give the path of a file of bearer tokens, one a line, or leave it out so the API needs no token";
+        r.error(found.line, &s.path, message);
+        return None;
+    }
+    Some(PathBuf::from(found.value))
 }
 
 /// `[runtime]`, with its defaults when absent.
 pub(super) fn runtime(r: &mut Report, root: &Section) -> Runtime {
-    let shutdown_grace = match r.named_section(root, "runtime", RUNTIME_KEYS) {
-        Some(s) => r.duration(&s, "shutdown_grace", SHUTDOWN_GRACE),
-        None => SHUTDOWN_GRACE,
-    };
-    Runtime { shutdown_grace, access_log: false }
+    match r.named_section(root, "runtime", RUNTIME_KEYS) {
+        Some(s) => Runtime {
+            shutdown_grace: r.duration(&s, "shutdown_grace", SHUTDOWN_GRACE),
+            access_log: r.boolean(&s, "access_log").is_some_and(|a| a.value),
+        },
+        None => Runtime { shutdown_grace: SHUTDOWN_GRACE, access_log: false },
+    }
 }
 
 /// One `[[service]]` as far as it can be read alone: its pools (its own
@@ -273,6 +289,8 @@ pub(super) struct PoolRead<'d> {
     pub health: HealthCheck,
     pub passive: PassiveCheck,
     pub backends: Vec<BackendRead<'d>>,
+    /// The `[[snat_pool]]` it names, still a name.
+    pub snat: Option<Located<&'d str>>,
 }
 
 pub(super) struct BackendRead<'d> {
@@ -304,6 +322,7 @@ pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index:
     let proxy_protocol = r.choice(&s, "proxy_protocol", PROXY_VERSIONS);
     let health = checks::health(r, &s);
     let passive = checks::passive(r, &s);
+    let snat = r.string(&s, "snat");
 
     let reported = r.error_count();
     let tables = r.tables(&s, "backend", "pool.backend");
@@ -322,6 +341,7 @@ pub(super) fn pool<'d>(r: &mut Report, table: Located<&'d dyn TableLike>, index:
         health,
         passive,
         backends,
+        snat,
     }
 }
 

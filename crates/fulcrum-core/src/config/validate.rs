@@ -1,6 +1,7 @@
 //! Checks that take more than one entity — unique names, pools that exist
 //! (named by services and by their routes), listen addresses that do not
-//! collide, pools that are used, agent checks with an agent to ask — and the
+//! collide, pools that are used, agent checks with an agent to ask, snat
+//! pools that exist, are used and can reach their pools' backends — and the
 //! assembly of the model once nothing is wrong.
 
 use std::collections::{HashMap, HashSet};
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use super::read::{Located, Report};
 use super::routes::{ActionRead, RouteRead};
 use super::schema::{PoolRead, ServiceRead};
+use super::snat::SnatPoolRead;
 use crate::model::{
     Admin, Backend, BackendId, CheckKind, Model, Pool, PoolId, Route, RouteAction, Runtime, Service,
 };
@@ -21,12 +23,14 @@ pub(super) fn model(
     runtime: Runtime,
     services: Vec<ServiceRead>,
     pools: Vec<PoolRead>,
+    snat_pools: Vec<SnatPoolRead>,
 ) -> Option<Model> {
     if services.is_empty() {
         r.error(None, "", "no service is defined; add a [[service]] table");
     }
     unique_names(r, "service", services.iter().map(|s| (s.path.as_str(), s.name)));
     unique_names(r, "pool", pools.iter().map(|p| (p.path.as_str(), p.name)));
+    unique_names(r, "snat pool", snat_pools.iter().map(|p| (p.path.as_str(), p.name)));
     for pool in &pools {
         unique_names(r, "backend", pool.backends.iter().map(|b| (b.path.as_str(), b.name)));
     }
@@ -35,6 +39,8 @@ pub(super) fn model(
     }
     let pool_ids = pool_ids(&pools);
     resolve_pools(r, &services, &pools, &pool_ids);
+    let snat_ids = snat_ids(&snat_pools);
+    resolve_snat_pools(r, &pools, &snat_pools, &snat_ids);
     agents_present(r, &pools);
     listen_collisions(r, admin.as_ref(), &services);
     if r.has_errors() {
@@ -44,8 +50,8 @@ pub(super) fn model(
         admin: admin.map(|a| a.value),
         runtime,
         services: services.into_iter().map(|s| build_service(s, &pool_ids)).collect::<Option<_>>()?,
-        pools: pools.into_iter().map(build_pool).collect::<Option<_>>()?,
-        snat_pools: Vec::new(), // placeholder until [[snat_pool]] is read (issue 5 in progress)
+        pools: pools.into_iter().map(|p| build_pool(p, &snat_ids)).collect::<Option<_>>()?,
+        snat_pools: snat_pools.into_iter().map(|p| p.pool).collect::<Option<_>>()?,
     })
 }
 
@@ -97,7 +103,8 @@ fn resolve_pools(r: &mut Report, services: &[ServiceRead], pools: &[PoolRead], i
                     used.insert(*id);
                 }
                 None => {
-                    let message = format!("pool {:?} is not defined ({})", wanted.value, defined(pools));
+                    let names = defined("pools", "pool", pools.iter().filter_map(|p| p.name));
+                    let message = format!("pool {:?} is not defined ({names})", wanted.value);
                     r.error(wanted.line, path, message);
                 }
             }
@@ -110,19 +117,68 @@ fn resolve_pools(r: &mut Report, services: &[ServiceRead], pools: &[PoolRead], i
     }
 }
 
-/// `pools defined: "web", "api"`, to show what a pool reference could have said.
-fn defined(pools: &[PoolRead]) -> String {
+/// `pools defined: "web", "api"` (`kinds` and the names), or `no [[pool]] is
+/// defined` (`header`), to show what a reference could have said.
+fn defined<'d>(kinds: &str, header: &str, given: impl Iterator<Item = Located<&'d str>>) -> String {
     let mut names: Vec<String> = Vec::new();
-    for name in pools.iter().filter_map(|p| p.name) {
+    for name in given {
         let quoted = format!("{:?}", name.value);
         if !names.contains(&quoted) {
             names.push(quoted);
         }
     }
     if names.is_empty() {
-        "no [[pool]] is defined".to_owned()
+        format!("no [[{header}]] is defined")
     } else {
-        format!("pools defined: {}", names.join(", "))
+        format!("{kinds} defined: {}", names.join(", "))
+    }
+}
+
+/// Each snat pool's index by its name (the first of a name, if two share one).
+fn snat_ids<'d>(snat_pools: &[SnatPoolRead<'d>]) -> HashMap<&'d str, usize> {
+    let mut ids = HashMap::new();
+    for (i, pool) in snat_pools.iter().enumerate() {
+        if let Some(name) = pool.name {
+            ids.entry(name.value).or_insert(i);
+        }
+    }
+    ids
+}
+
+/// Reports every snat pool a pool names that is not defined, and each
+/// IPv6 backend of a pool whose snat pool has IPv4 addresses only; warns
+/// about snat pools no pool names.
+fn resolve_snat_pools(
+    r: &mut Report,
+    pools: &[PoolRead],
+    snat_pools: &[SnatPoolRead],
+    ids: &HashMap<&str, usize>,
+) {
+    let mut used = HashSet::new();
+    for pool in pools {
+        let Some(wanted) = pool.snat else { continue };
+        let Some(&id) = ids.get(wanted.value) else {
+            let names = defined("snat pools", "snat_pool", snat_pools.iter().filter_map(|p| p.name));
+            let message = format!("snat pool {:?} is not defined ({names})", wanted.value);
+            r.error(wanted.line, &pool.path, message);
+            continue;
+        };
+        used.insert(id);
+        for backend in &pool.backends {
+            if let Some(address @ SocketAddr::V6(_)) = backend.address {
+                let message = format!(
+                    "address {address} is IPv6, but the pool's snat pool {:?} has IPv4 addresses only; \
+                     use an IPv4 backend address or take snat off the pool",
+                    wanted.value
+                );
+                r.error(backend.line, &backend.path, message);
+            }
+        }
+    }
+    for (i, snat) in snat_pools.iter().enumerate() {
+        if snat.name.is_some() && !used.contains(&i) {
+            r.warn_on(snat.line, &snat.path, "is not used by any pool");
+        }
     }
 }
 
@@ -215,7 +271,11 @@ fn build_route(route: RouteRead, ids: &HashMap<&str, PoolId>) -> Option<Route> {
     Some(Route { name: route.name, matcher: route.matcher, action, policy: route.policy })
 }
 
-fn build_pool(p: PoolRead) -> Option<Pool> {
+fn build_pool(p: PoolRead, snat_ids: &HashMap<&str, usize>) -> Option<Pool> {
+    let snat = match p.snat {
+        Some(name) => Some(*snat_ids.get(name.value)?),
+        None => None,
+    };
     let backends = p.backends.into_iter().enumerate().map(|(i, b)| {
         Some(Backend {
             id: BackendId(i),
@@ -236,6 +296,6 @@ fn build_pool(p: PoolRead) -> Option<Pool> {
         passive: p.passive,
         slow_start: p.slow_start,
         proxy_protocol: p.proxy_protocol,
-        snat: None, // placeholder until [[snat_pool]] is read (issue 5 in progress)
+        snat,
     })
 }

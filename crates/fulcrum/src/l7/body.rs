@@ -8,6 +8,8 @@ use bytes::{Buf, BytesMut};
 use fulcrum_core::http::{BodyKind, ChunkError, ChunkedDecoder, Decoded};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::sessions::Meter;
+
 /// Read size while streaming; with the leftover of a head this bounds a
 /// connection's buffer to about 64 KiB.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -43,7 +45,9 @@ pub enum Encode {
 
 /// Streams a body of `kind` from `src` (whose already-read bytes are in `buf`)
 /// to `dst`. On success `buf` holds only bytes after the body (a pipelined
-/// next message). Each read and each write may take up to `idle`.
+/// next message). Each read and each write may take up to `idle`. The
+/// payload bytes are added to `meter` as each chunk is written, so a long
+/// body shows in the session's row while it moves.
 pub async fn copy<R, W>(
     src: &mut R,
     buf: &mut BytesMut,
@@ -51,6 +55,7 @@ pub async fn copy<R, W>(
     kind: BodyKind,
     encode: Encode,
     idle: Duration,
+    meter: Meter<'_>,
 ) -> Result<u64, CopyError>
 where
     R: AsyncRead + Unpin,
@@ -67,6 +72,7 @@ where
                 }
                 let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 send(dst, &buf[..take], encode, idle).await?;
+                meter.add(take as u64);
                 buf.advance(take);
                 left -= take as u64;
                 total += take as u64;
@@ -77,6 +83,7 @@ where
                 break;
             }
             send(dst, buf, encode, idle).await?;
+            meter.add(buf.len() as u64);
             total += buf.len() as u64;
             buf.clear();
         },
@@ -86,6 +93,7 @@ where
                 match decoder.decode(buf)? {
                     Decoded::Data { start, len } => {
                         send(dst, &buf[start..start + len], encode, idle).await?;
+                        meter.add(len as u64);
                         buf.advance(start + len);
                         total += len as u64;
                     }

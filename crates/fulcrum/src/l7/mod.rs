@@ -8,8 +8,10 @@
 //! hyper-util's pooled client measured about 0.8× HAProxy on this machine).
 
 mod body;
+mod record;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -21,14 +23,17 @@ use fulcrum_core::http::{
 use fulcrum_core::model::{BackendId, RouteAction};
 use fulcrum_core::persist;
 use fulcrum_core::route::{normalize_path, RequestView};
+use fulcrum_core::session::{Session, SessionState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{remember_source, PersistRuntime, ServiceRuntime, Sticky};
+use crate::sessions::BackendNames;
 use crate::upstream::{ConnectOptions, PoolRuntime, Upstream};
 use body::{CopyError, Encode};
+use record::{Record, Tally};
 
 /// A client connection and the bytes read from it but not yet used.
 struct Client {
@@ -57,8 +62,16 @@ enum Failure {
     Unforwardable(String),
 }
 
+/// The session's side of a client connection: its row in the session
+/// table (`None` when the table is off) and the backend names it shares.
+struct Conn<'a> {
+    row: Option<&'a Session>,
+    names: BackendNames,
+}
+
 /// Serves one http-mode client connection until it closes, idles out, or
-/// Fulcrum shuts down (between requests).
+/// Fulcrum shuts down (between requests). `row` is the session's row in
+/// the session table, kept current request by request.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -66,29 +79,50 @@ pub async fn serve(
     first: BytesMut,
     service: &ServiceRuntime,
     shutdown: &CancellationToken,
+    row: Option<&Session>,
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     buf.extend_from_slice(&first);
     let mut client = Client { stream, buf };
     let info = ClientInfo { client: peer, listener: local };
+    let mut conn = Conn { row, names: BackendNames::default() };
     loop {
+        let bytes = [AtomicU64::new(0), AtomicU64::new(0)];
+        let tally = Tally { row, service: &service.stats, exchange: &bytes };
         let head = match read_request(&mut client, service, shutdown).await {
             Ok(Some(head)) => head,
             Ok(None) => break,
             Err((status, message)) => {
                 tracing::info!(service = %service.name, client = %peer, status, message, "request refused");
-                let _ = client.stream.write_all(&error_response(status, message, true)).await;
+                let mut rec = Record::start(tally, client.buf.len());
+                let response = error_response(status, message, true);
+                if client.stream.write_all(&response).await.is_ok() {
+                    tally.outbound(None).add(response.len() as u64);
+                }
+                rec.status = status;
+                rec.finish(service, peer, None);
+                close(row);
                 linger_close(client.stream).await;
                 return;
             }
         };
         client.buf.advance(head.head_len);
-        match exchange(&mut client, &head, &info, service, shutdown).await {
+        let mut rec = Record::start(tally, head.head_len);
+        let next = exchange(&mut client, &head, &info, service, shutdown, &mut conn, &mut rec).await;
+        rec.finish(service, peer, Some(&head));
+        match next {
             Next::KeepAlive => continue,
             Next::Close => break,
         }
     }
+    close(row);
     let _ = client.stream.shutdown().await;
+}
+
+fn close(row: Option<&Session>) {
+    if let Some(row) = row {
+        row.set_state(SessionState::Closing);
+    }
 }
 
 /// Waits for the next request head: up to `client_idle` for its first byte
@@ -155,12 +189,14 @@ enum Relayed {
 }
 
 /// Forwards one request and its response.
-async fn exchange(
+async fn exchange<'s>(
     client: &mut Client,
     head: &RequestHead,
     info: &ClientInfo,
-    service: &ServiceRuntime,
+    service: &'s ServiceRuntime,
     shutdown: &CancellationToken,
+    conn: &mut Conn<'_>,
+    rec: &mut Record<'s>,
 ) -> Next {
     let t = &service.timeouts;
     let no_body = head.body == BodyKind::None;
@@ -172,7 +208,8 @@ async fn exchange(
     let head_only = head.method == "HEAD";
     let authorization = head.headers.iter().find(|h| h.is("authorization")).map(|h| h.value.as_slice());
     if let Err(refusal) = service.policy.check_auth(authorization).await {
-        return answer(client, head_only, crate::front::refusal_response(&refusal, true), false).await;
+        let response = crate::front::refusal_response(&refusal, true);
+        return answer(client, rec, head_only, refusal.status(), response, false).await;
     }
     // Routes see the path normalised, so `/%61dmin` or `/x/../admin` cannot
     // slip past a route for `/admin`; the backend gets the target as sent.
@@ -190,28 +227,25 @@ async fn exchange(
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = allowed {
-            return answer(client, head_only, crate::front::refusal_response(&refusal, true), false).await;
+            let response = crate::front::refusal_response(&refusal, true);
+            return answer(client, rec, head_only, refusal.status(), response, false).await;
         }
     }
     let pool = match route.map(|r| (&r.route.action, r.pool.as_ref())) {
         Some((RouteAction::Redirect { status, location }, _)) => {
-            return answer(
-                client,
-                head_only,
-                simple_response(*status, &[("Location", location)], "", !keep),
-                keep,
-            )
-            .await;
+            let response = simple_response(*status, &[("Location", location)], "", !keep);
+            return answer(client, rec, head_only, *status, response, keep).await;
         }
         Some((RouteAction::Respond { status, body }, _)) => {
             let headers = [("Content-Type", "text/plain; charset=utf-8")];
-            return answer(client, head_only, simple_response(*status, &headers, body, !keep), keep).await;
+            let response = simple_response(*status, &headers, body, !keep);
+            return answer(client, rec, head_only, *status, response, keep).await;
         }
         Some((RouteAction::Pool(_), pool)) => pool,
         None => service.pool.as_ref(),
     };
     let Some(pool) = pool else {
-        return reply_error(client, head_only, 404, "no route matches this request", keep).await;
+        return reply_error(client, rec, head_only, 404, "no route matches this request", keep).await;
     };
 
     let mut out = Vec::with_capacity(1024);
@@ -233,16 +267,23 @@ async fn exchange(
         let mut up = match pool.connect(opts).await {
             Ok(up) => up,
             Err(e) => {
-                return reply_error(client, head_only, 503, &e.to_string(), no_body && head.keep_alive).await
+                crate::sessions::count_connect_errors(pool, &e);
+                return reply_error(client, rec, head_only, 503, &e.to_string(), no_body && head.keep_alive)
+                    .await;
             }
         };
         let _session = pool.open_session(up.backend);
+        rec.backend = Some((pool, up.backend));
+        if let Some(row) = conn.row {
+            conn.names.connected(row, pool, up.backend, &up.stream);
+        }
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
         let backend = up.backend;
         let mut on_head = |response: &mut ResponseHead| {
             persistence_on_response(service, pool, backend, &sticky, response, now);
         };
-        let outcome = relay(client, &mut up, &out, head, service, pool, shutdown, &mut on_head).await;
+        let outcome =
+            relay(client, &mut up, &out, head, service, pool, shutdown, &mut on_head, rec.tally).await;
         // Passive checks learn from every exchange the backend had a part in.
         match &outcome {
             Ok(Relayed::Response { status, .. }) if *status >= 500 => {
@@ -254,9 +295,10 @@ async fn exchange(
             Err(Failure::Stale | Failure::Client(_) | Failure::Unforwardable(_)) => {}
         }
         return match outcome {
-            Ok(Relayed::Response { keep_client, reusable, .. }) => {
+            Ok(Relayed::Response { status, keep_client, reusable }) => {
+                rec.status = status;
                 if reusable {
-                    pool.release(up.backend, up.stream, t.backend_idle);
+                    pool.release(up.backend, up.stream, up.snat, t.backend_idle);
                 }
                 if keep_client {
                     Next::KeepAlive
@@ -265,32 +307,47 @@ async fn exchange(
                 }
             }
             Ok(Relayed::Upgrade(response, bbuf)) => match head.upgrade {
-                Some(_) => upgrade(client, &mut up, bbuf, &response, head.version, t.client_idle).await,
+                Some(_) => {
+                    rec.status = response.status;
+                    let backend = &pool.backend(up.backend).stats;
+                    let meters = crate::l4::Meters {
+                        a_to_b: rec.tally.inbound(Some(backend)),
+                        b_to_a: rec.tally.outbound(Some(backend)),
+                        activity: conn.row.map(|r| &r.last_activity_unix_ms),
+                    };
+                    let to_client = rec.tally.outbound(None);
+                    upgrade(client, &mut up, bbuf, &response, head.version, t.client_idle, &meters, to_client)
+                        .await
+                }
                 None => {
-                    reply_error(client, head_only, 502, "the backend switched protocols unasked", false).await
+                    let msg = "the backend switched protocols unasked";
+                    reply_error(client, rec, head_only, 502, msg, false).await
                 }
             },
             Err(Failure::Stale) if replayable => {
                 tracing::debug!(service = %service.name, "pooled backend connection was closed; retrying on a new one");
+                pool.backend(up.backend).stats.retries.fetch_add(1, Ordering::Relaxed);
                 opts.reuse_within = None;
                 continue;
             }
             Err(Failure::Stale) => {
                 let msg = "the backend closed the connection before responding";
-                reply_error(client, head_only, 502, msg, false).await
+                reply_error(client, rec, head_only, 502, msg, false).await
             }
             Err(Failure::Backend(why)) => {
                 let backend = pool.backend(up.backend);
                 tracing::warn!(service = %service.name, backend = %backend.name, error = %why, "backend failed before responding");
-                reply_error(client, head_only, 502, &why, false).await
+                reply_error(client, rec, head_only, 502, &why, false).await
             }
-            Err(Failure::Unforwardable(why)) => reply_error(client, head_only, 502, &why, false).await,
+            Err(Failure::Unforwardable(why)) => reply_error(client, rec, head_only, 502, &why, false).await,
             Err(Failure::Timeout) => {
                 let msg = format!("no response from the backend within {:?}", t.backend_response);
-                reply_error(client, head_only, 504, &msg, false).await
+                reply_error(client, rec, head_only, 504, &msg, false).await
             }
             Err(Failure::Client(e)) => match e {
-                CopyError::Framing(_) => reply_error(client, head_only, 400, &e.to_string(), false).await,
+                CopyError::Framing(_) => {
+                    reply_error(client, rec, head_only, 400, &e.to_string(), false).await
+                }
                 _ => Next::Close,
             },
         };
@@ -312,16 +369,23 @@ async fn relay(
     pool: &PoolRuntime,
     shutdown: &CancellationToken,
     on_head: &mut (dyn FnMut(&mut ResponseHead) + Send),
+    tally: Tally<'_>,
 ) -> Result<Relayed, Failure> {
     let t = &service.timeouts;
+    let stats = &pool.backend(up.backend).stats;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = body::write(&mut up.stream, out, t.backend_response).await {
         return Err(if up.reused { Failure::Stale } else { Failure::Backend(e.to_string()) });
     }
+    stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+    // The latency clock: from the request sent (head, or body once done) to the response head.
+    let mut sent = Instant::now();
     let mut bbuf = BytesMut::with_capacity(8 * 1024);
     let (mut cr, mut cw) = client.stream.split();
     let (mut br, mut bw) = up.stream.split();
     let encode = if head.body == BodyKind::Chunked { Encode::Chunked } else { Encode::Raw };
-    let upload = body::copy(&mut cr, &mut client.buf, &mut bw, head.body, encode, t.client_idle);
+    let meter = tally.inbound(Some(stats));
+    let upload = body::copy(&mut cr, &mut client.buf, &mut bw, head.body, encode, t.client_idle, meter);
     tokio::pin!(upload);
     let mut uploading = head.body != BodyKind::None;
     let mut upload_broke = false;
@@ -338,7 +402,8 @@ async fn relay(
         tokio::select! {
             r = &mut upload, if uploading => {
                 uploading = false;
-                deadline = Some(Instant::now() + t.backend_response);
+                sent = Instant::now();
+                deadline = Some(sent + t.backend_response);
                 match r {
                     Ok(_) => {}
                     Err(e) if e.is_sender() => return Err(Failure::Client(e)),
@@ -349,12 +414,14 @@ async fn relay(
             r = read_head(&mut br, &mut bbuf, &head.method) => match r {
                 Ok(resp) if resp.status < 200 && resp.status != 101 => {
                     interim = true;
+                    stats.bytes_in.fetch_add(resp.head_len as u64, Ordering::Relaxed);
                     if head.version == Version::Http11 {
                         let mut msg = Vec::new();
                         write_response_head(&resp, ResponseFraming::NoBody, Version::Http11, true, &mut msg);
                         if let Err(e) = body::write(&mut cw, &msg, t.client_idle).await {
                             return Err(Failure::Client(e));
                         }
+                        tally.outbound(None).add(msg.len() as u64);
                     }
                     bbuf.advance(resp.head_len);
                 }
@@ -366,8 +433,11 @@ async fn relay(
             () = timer => return Err(Failure::Timeout),
         }
     };
+    stats.latency.observe(sent.elapsed());
     let mut response = response;
     bbuf.advance(response.head_len);
+    stats.bytes_in.fetch_add(response.head_len as u64, Ordering::Relaxed);
+    crate::stats::count_status(&stats.responses, response.status);
     on_head(&mut response);
     let status = response.status;
     if status == 101 {
@@ -396,6 +466,7 @@ async fn relay(
         if bbuf.len() as u64 >= n {
             msg.extend_from_slice(&bbuf[..n as usize]);
             bbuf.advance(n as usize);
+            stats.bytes_in.fetch_add(n, Ordering::Relaxed);
             body_kind = BodyKind::None;
         }
     }
@@ -403,7 +474,9 @@ async fn relay(
     let downloaded = {
         let download = async {
             body::write(&mut cw, &msg, t.client_idle).await?;
-            body::copy(&mut br, &mut bbuf, &mut cw, body_kind, encode, t.backend_response).await
+            tally.outbound(None).add(msg.len() as u64);
+            let meter = tally.outbound(Some(stats));
+            body::copy(&mut br, &mut bbuf, &mut cw, body_kind, encode, t.backend_response, meter).await
         };
         tokio::pin!(download);
         loop {
@@ -468,7 +541,9 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-/// The backend accepted a protocol switch: relay the 101, then bytes both ways.
+/// The backend accepted a protocol switch: relay the 101, then bytes both
+/// ways, counted by `meters` (`to_client` counts what only the client sees).
+#[allow(clippy::too_many_arguments)] // the tunnel's meters come on top of the exchange's state
 async fn upgrade(
     client: &mut Client,
     up: &mut Upstream,
@@ -476,33 +551,53 @@ async fn upgrade(
     response: &ResponseHead,
     version: Version,
     idle: Duration,
+    meters: &crate::l4::Meters<'_>,
+    to_client: crate::sessions::Meter<'_>,
 ) -> Next {
     let mut out = Vec::with_capacity(256 + bbuf.len());
     write_response_head(response, ResponseFraming::NoBody, version, true, &mut out);
+    let head_len = out.len();
     out.extend_from_slice(&bbuf);
     if client.stream.write_all(&out).await.is_err() {
         return Next::Close;
     }
+    // The backend's head was counted as it was read; the bytes after it were not.
+    to_client.add(head_len as u64);
+    meters.b_to_a.add(bbuf.len() as u64);
     if !client.buf.is_empty() && up.stream.write_all(&client.buf).await.is_err() {
         return Next::Close;
     }
+    meters.a_to_b.add(client.buf.len() as u64);
     client.buf.clear();
-    let _ = crate::l4::tunnel(&mut client.stream, &mut up.stream, idle).await;
+    let _ = crate::l4::tunnel(&mut client.stream, &mut up.stream, idle, meters).await;
     Next::Close
 }
 
-/// Sends a response Fulcrum made itself (its head only for a HEAD request);
-/// keeps the connection only if `keep`.
-async fn answer(client: &mut Client, head_only: bool, mut response: Vec<u8>, keep: bool) -> Next {
+/// Sends a response Fulcrum made itself with `status` (its head only for a
+/// HEAD request); keeps the connection only if `keep`.
+async fn answer(
+    client: &mut Client,
+    rec: &mut Record<'_>,
+    head_only: bool,
+    status: u16,
+    mut response: Vec<u8>,
+    keep: bool,
+) -> Next {
     if head_only {
         if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
             response.truncate(end + 4);
         }
     }
-    if client.stream.write_all(&response).await.is_err() || !keep {
+    rec.status = status;
+    if client.stream.write_all(&response).await.is_err() {
         return Next::Close;
     }
-    Next::KeepAlive
+    rec.tally.outbound(None).add(response.len() as u64);
+    if keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }
 
 /// What persistence does with a backend's response: insert mode sets its
@@ -570,8 +665,15 @@ fn cookie_for_pool(old: Option<&str>, service: &ServiceRuntime, pool: &PoolRunti
 }
 
 /// Answers the client with an error; keeps the connection only if `keep`.
-async fn reply_error(client: &mut Client, head_only: bool, status: u16, message: &str, keep: bool) -> Next {
-    answer(client, head_only, error_response(status, message, !keep), keep).await
+async fn reply_error(
+    client: &mut Client,
+    rec: &mut Record<'_>,
+    head_only: bool,
+    status: u16,
+    message: &str,
+    keep: bool,
+) -> Next {
+    answer(client, rec, head_only, status, error_response(status, message, !keep), keep).await
 }
 
 /// Closes after an error response without losing it: shut our side, then

@@ -402,3 +402,65 @@ pub fn gated() -> (SocketAddr, std::sync::mpsc::Receiver<()>, std::sync::mpsc::S
     });
     (addr, arrived, release)
 }
+
+impl Proc {
+    /// Reads the next `n` `listening` lines printed after the first ones (a
+    /// reload prints one per listener it adds).
+    pub fn more_listening(&mut self, n: usize) -> Vec<SocketAddr> {
+        let reader = self.stdout.as_mut().expect("listening() was called first");
+        let mut addrs = Vec::new();
+        let mut line = String::new();
+        while addrs.len() < n {
+            line.clear();
+            if reader.read_line(&mut line).expect("read stdout") == 0 {
+                panic!("process exited; stderr:\n{}", self.stderr());
+            }
+            if let Some(rest) = line.trim().strip_prefix("listening ") {
+                let addr = rest.split("address=").nth(1).expect("address=");
+                addrs.push(addr.parse().expect("listen address"));
+            }
+        }
+        addrs
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// How many stderr lines contain every one of `needles`.
+    pub fn count_log(&self, needles: &[&str]) -> usize {
+        self.stderr().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+    }
+}
+
+impl Fulcrum {
+    /// Rewrites the configuration file and sends SIGHUP; waits for the
+    /// reload's verdict in the log and returns that line.
+    pub fn reload(&self, config: &str) -> String {
+        let done =
+            self.proc.count_log(&["configuration reloaded"]) + self.proc.count_log(&["reload refused"]);
+        std::fs::write(self.proc.dir.path().join("fulcrum.toml"), config).expect("write config");
+        self.proc.signal(libc::SIGHUP);
+        let start = Instant::now();
+        loop {
+            let lines: Vec<String> = self
+                .proc
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("configuration reloaded") || l.contains("reload refused"))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() > done {
+                return lines[done].clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no reload verdict; stderr:\n{}",
+                self.proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

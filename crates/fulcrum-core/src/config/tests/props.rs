@@ -14,6 +14,7 @@ const VALUES: &[&str] = &[
     "[\"127.0.0.1:8080\"]", "[\"[::]:9001\", 5]", "\"http\"", "\"agent\"", "\"200-399\"", "\"9s\"",
     "\"(\"", "\"*.example.com\"", "\"/api/\"", "\"cookie\"", "\"source_ip\"", "\"basic\"", "301",
     "[\"10.0.0.0/33\", \"::1\"]", "{ name = \"X\", regex = \"[\" }", "{ status = 200 }", "\"v3\"",
+    "\"10.0.0.1\"", "\"255.0.0.0\"", "\"0.255.0.0\"", "\"1-3\"", "\"9-2\"", "\"0-70000\"", "65535",
 ];
 #[rustfmt::skip]
 const LINES: &[&str] = &[
@@ -28,6 +29,9 @@ const LINES: &[&str] = &[
     "[[service.route.header]]", "sni = \"a.example.com\"", "path_regex = \"(\"", "status = 204",
     "body = \"x\"", "learn = true", "auth = \"bearer\"", "accept_proxy_protocol = true",
     "trusted_proxies = []", "kind = \"header\"", "redirect = { location = \"\" }", "pool = \"web\"",
+    "[[snat_pool]]", "first_ip = \"10.0.0.9\"", "last_ip = \"10.0.0.1\"", "netmask = \"255.255.255.0\"",
+    "ports = \"1-65535\"", "block_size = 3", "max_blocks = 9", "initial_blocks = 0", "snat = \"web\"",
+    "wait = \"1s\"", "token_file = \"t\"", "access_log = true",
 ];
 
 /// Applies `(position, operation, pick)` edits to `text`, by characters:
@@ -94,9 +98,11 @@ proptest! {
         let full = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.toml"));
         let routing = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/routing.toml"));
         let sni = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/sni.toml"));
+        let snat = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/snat.toml"));
         assert_lines_inside(&mutate(VALID, &edits));
         assert_lines_inside(&mutate(full, &edits));
         assert_lines_inside(&mutate(routing, &edits));
         assert_lines_inside(&mutate(sni, &edits));
+        assert_lines_inside(&mutate(snat, &edits));
     }
 }

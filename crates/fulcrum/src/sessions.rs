@@ -1,0 +1,137 @@
+//! The process's session table and the switches around it: whether rows are
+//! kept at all, whether access log lines are written, and the helpers the
+//! data path uses to keep a row and the counters current.
+//!
+//! Process-wide rather than passed down, so that the accept loop, the admin
+//! API and a reload reach the one table without threading it through every
+//! signature; the table outlives configuration generations, as sessions do.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fulcrum_core::model::BackendId;
+use fulcrum_core::session::{BackendSide, Session, SessionHandle, SessionTable};
+use tokio::net::TcpStream;
+
+use crate::service::ServiceRuntime;
+use crate::upstream::{PoolRuntime, UpstreamError};
+
+/// The session table of this process.
+pub fn table() -> &'static Arc<SessionTable> {
+    static TABLE: OnceLock<Arc<SessionTable>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        // A few shards per core: sessions starting together on different
+        // workers rarely meet on a shard lock.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Arc::new(SessionTable::new((cores * 4).max(8)))
+    })
+}
+
+/// Whether sessions get a row in the table (default: yes).
+///
+/// A measurement switch, not a setting: `FULCRUM_SESSION_TABLE=0` in the
+/// environment, read once, turns rows off so a benchmark can show what the
+/// table costs (`bench/run` with and without it). Counters and access logs
+/// do not depend on it.
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("FULCRUM_SESSION_TABLE").map_or(true, |v| v.trim() != "0"))
+}
+
+static ACCESS_LOG: AtomicBool = AtomicBool::new(false);
+
+/// Whether to write one `access` log line per http request and per tcp
+/// session (`[runtime] access_log`; off until the runner turns it on).
+pub fn access_log() -> bool {
+    ACCESS_LOG.load(Ordering::Relaxed)
+}
+
+/// Turns access log lines on or off, for the whole process (at start and on reload).
+pub fn set_access_log(on: bool) {
+    ACCESS_LOG.store(on, Ordering::Relaxed);
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as the session table keeps times.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens the row of a session of `service` from `client` on `listener`, in
+/// state `connecting`; `None` when the table is off. The row goes when the
+/// handle drops.
+pub fn open(service: &ServiceRuntime, client: SocketAddr, listener: SocketAddr) -> Option<SessionHandle> {
+    if !enabled() {
+        return None;
+    }
+    let session = Session::new(service.name.as_str().into(), client, listener, service.mode, unix_ms());
+    Some(table().insert(session))
+}
+
+/// Counters one stream of bytes adds to as it moves (a body, one way of a
+/// tunnel): the session's row, the service's and the backend's counters,
+/// the exchange's own tally. Each is a relaxed add per chunk.
+#[derive(Clone, Copy, Default)]
+pub struct Meter<'a>(pub [Option<&'a AtomicU64>; 4]);
+
+impl Meter<'_> {
+    pub fn add(&self, n: u64) {
+        for c in self.0.iter().flatten() {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The backends a session has used, with their names shared with its row:
+/// an http session that moves between a few backends allocates each name
+/// once, not per request.
+#[derive(Default)]
+pub struct BackendNames {
+    /// (pool address, backend, pool name, backend name); the pool's address
+    /// is stable for the session, which holds its service and so its pools.
+    seen: Vec<(usize, BackendId, Arc<str>, Arc<str>)>,
+}
+
+impl BackendNames {
+    /// Records on `row` that the session now talks to backend `id` of `pool`
+    /// over `stream`; marks it established.
+    pub fn connected(&mut self, row: &Session, pool: &PoolRuntime, id: BackendId, stream: &TcpStream) {
+        let key = std::ptr::from_ref(pool) as usize;
+        let i = match self.seen.iter().position(|(p, b, ..)| *p == key && *b == id) {
+            Some(i) => i,
+            None => {
+                let b = pool.backend(id);
+                self.seen.push((key, id, pool.name.as_str().into(), b.name.as_str().into()));
+                self.seen.len() - 1
+            }
+        };
+        let (_, _, pool_name, backend_name) = &self.seen[i];
+        row.set_backend(BackendSide {
+            pool: pool_name.clone(),
+            backend: backend_name.clone(),
+            address: pool.backend(id).address,
+            local: stream.local_addr().ok(),
+        });
+        row.set_state(fulcrum_core::session::SessionState::Established);
+    }
+}
+
+/// Counts a failed connect against each backend it names. The pool tries
+/// backends in turn and reports only when all failed, naming each attempt as
+/// `name (address): error`; a failure followed by a successful retry on
+/// another backend is not seen here (the pool would have to count it).
+pub fn count_connect_errors(pool: &PoolRuntime, error: &UpstreamError) {
+    let UpstreamError::ConnectFailed { attempts, .. } = error else { return };
+    for attempt in attempts.split("; ") {
+        let failed = pool.backends.iter().find(|b| {
+            attempt
+                .strip_prefix(b.name.as_str())
+                .and_then(|rest| rest.strip_prefix(" ("))
+                .is_some_and(|rest| rest.starts_with(&format!("{}): ", b.address)))
+        });
+        if let Some(b) = failed {
+            b.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

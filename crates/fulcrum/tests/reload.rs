@@ -1,0 +1,154 @@
+//! Hot reload, black-box: SIGHUP applies a new configuration whole or not at
+//! all, keeps listeners, health and persistence, and loses no request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, raw, Backend, Fulcrum};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let out = raw(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes());
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(out);
+    }
+    out.lines().find_map(|l| l.strip_prefix("x-backend: ").map(str::to_owned)).ok_or(out)
+}
+
+fn names(addr: SocketAddr, n: usize) -> Vec<String> {
+    (0..n).map(|i| get(addr, "/").unwrap_or_else(|e| panic!("request {i}: {e}"))).collect()
+}
+
+#[test]
+fn sighup_applies_a_new_configuration_on_the_same_listener() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let f = Fulcrum::start(&config("http", &[("a", a.addr, 1)], "", ""), 1);
+    assert!(names(f.addr(), 4).iter().all(|n| n == "a"));
+    let verdict = f.reload(&config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], "", ""));
+    assert!(verdict.contains("pool \"web\" changed"), "{verdict}");
+    // Same address, no new listening line needed: the socket stayed bound.
+    let seen = names(f.addr(), 4);
+    assert!(seen.contains(&"a".to_owned()) && seen.contains(&"b".to_owned()), "{seen:?}");
+}
+
+#[test]
+fn an_invalid_configuration_changes_nothing() {
+    let a = Backend::start("a");
+    let good = config("http", &[("a", a.addr, 1)], "", "");
+    let f = Fulcrum::start(&good, 1);
+    let verdict = f.reload(&good.replace("mode = \"http\"", "mode = \"htp\""));
+    assert!(verdict.contains("reload refused") && verdict.contains("mode \"htp\""), "{verdict}");
+    assert_eq!(get(f.addr(), "/").as_deref(), Ok("a"));
+    // A file the configuration names that cannot be read also refuses the reload.
+    let bad = good.replace(
+        "pool = \"web\"",
+        "pool = \"web\"\n[service.policy]\nauth = \"basic\"\nhtpasswd = \"/nonexistent/users\"",
+    );
+    let verdict = f.reload(&bad);
+    assert!(verdict.contains("reload refused") && verdict.contains("/nonexistent/users"), "{verdict}");
+    assert_eq!(get(f.addr(), "/").as_deref(), Ok("a"));
+}
+
+#[test]
+fn listeners_are_added_and_removed() {
+    let a = Backend::start("a");
+    let one = config("http", &[("a", a.addr, 1)], "", "");
+    let mut f = Fulcrum::start(&one, 1);
+    let second = format!(
+        "{one}\n[[service]]\nname = \"extra\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n"
+    );
+    let verdict = f.reload(&second);
+    assert!(verdict.contains("service \"extra\" added"), "{verdict}");
+    let extra = f.proc.more_listening(1)[0];
+    assert_eq!(get(extra, "/").as_deref(), Ok("a"));
+    assert_eq!(get(f.addr(), "/").as_deref(), Ok("a"), "the first listener stays");
+    let verdict = f.reload(&one);
+    assert!(verdict.contains("service \"extra\" removed"), "{verdict}");
+    let closed = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::net::TcpStream::connect(extra).is_err()
+    });
+    assert!(closed, "the removed listener still accepts");
+}
+
+#[test]
+fn health_and_persistence_survive_a_reload() {
+    let mut a = Backend::start("a");
+    let (b, c, d) = (Backend::start("b"), Backend::start("c"), Backend::start("d"));
+    let health =
+        "[pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
+    let pool = format!("algorithm = \"round_robin\"\n{health}");
+    let sticky = "[service.persistence]\nkind = \"source_ip\"";
+    let three = [("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1)];
+    let before = config("http", &three, sticky, &pool);
+    let f = Fulcrum::start(&before, 1);
+    a.proc.child.kill().expect("kill a");
+    a.proc.child.wait().expect("reap a");
+    f.proc.wait_log(&["backend is down", "backend=a"], WAIT);
+    let stuck = get(f.addr(), "/").expect("request");
+
+    // An unrelated change (another service): the pool is the same runtime and
+    // the affinity table stays, so the client keeps its backend where round
+    // robin alone would alternate between b and c.
+    let unrelated = format!(
+        "{before}\n[[service]]\nname = \"other\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"tcp\"\npool = \"web\"\n"
+    );
+    let verdict = f.reload(&unrelated);
+    assert!(verdict.contains("service \"other\" added") && !verdict.contains("pool"), "{verdict}");
+    assert!(names(f.addr(), 10).iter().all(|n| *n == stuck), "the client lost its backend {stuck}");
+
+    // A changed pool (d added): a is still known down, with no "up" flap.
+    let ups_before = f.proc.count_log(&["backend is up", "backend=a"]);
+    let four = [("a", a.addr, 1), ("b", b.addr, 1), ("c", c.addr, 1), ("d", d.addr, 1)];
+    let verdict = f.reload(&config("http", &four, sticky, &pool));
+    assert!(verdict.contains("pool \"web\" changed"), "{verdict}");
+    assert!(!names(f.addr(), 20).contains(&"a".to_owned()));
+    assert_eq!(f.proc.count_log(&["backend is up", "backend=a"]), ups_before);
+}
+
+#[test]
+fn reloads_under_load_lose_no_request() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let one = config("http", &[("a", a.addr, 1)], "", "");
+    let two = config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], "", "");
+    let f = Fulcrum::start(&one, 1);
+    let addr = f.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                for _ in 0..5000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match get(addr, "/") {
+                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            errors.push(e);
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+                errors
+            })
+        })
+        .collect();
+    // A slow request started before the reloads finishes after them.
+    let slow = std::thread::spawn(move || get(addr, "/delay/1500"));
+    for i in 0..10 {
+        f.reload(if i % 2 == 0 { &two } else { &one });
+    }
+    stop.store(true, Ordering::SeqCst);
+    let errors: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
+    assert!(slow.join().expect("slow").is_ok(), "the slow request was cut");
+    assert!(ok.load(Ordering::SeqCst) > 100, "too few requests to mean anything");
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed: {:?}", errors.first());
+}
