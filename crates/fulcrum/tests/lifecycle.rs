@@ -137,6 +137,12 @@ fn demo_serves_three_backends_and_stops_on_ctrl_c() {
         names.insert(name);
     }
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["alpha", "beta", "gamma"]);
+    // The admin API and dashboard are on 127.0.0.1:9900.
+    let mut s = TcpStream::connect("127.0.0.1:9900").expect("admin API");
+    s.write_all(b"GET /api/v1/pools HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+    let mut pools = String::new();
+    s.read_to_string(&mut pools).expect("read");
+    assert!(pools.starts_with("HTTP/1.1 200") && pools.contains("\"gamma\""), "{pools}");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let start = std::time::Instant::now();

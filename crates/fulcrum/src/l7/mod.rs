@@ -275,7 +275,7 @@ async fn exchange<'s>(
         let _session = pool.open_session(up.backend);
         rec.backend = Some((pool, up.backend));
         if let Some(row) = conn.row {
-            conn.names.connected(row, pool, up.backend, &up.stream);
+            conn.names.connected(row, pool, &up);
         }
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
         let backend = up.backend;
