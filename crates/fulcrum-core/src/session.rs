@@ -139,7 +139,13 @@ impl Session {
     /// Records the backend side unless it is that already: an http session
     /// that stays on one backend connection pays a lock and a compare per
     /// request, not a clone of the names.
-    pub fn update_backend(&self, pool: &Arc<str>, backend: &Arc<str>, address: SocketAddr, local: Option<SocketAddr>) {
+    pub fn update_backend(
+        &self,
+        pool: &Arc<str>,
+        backend: &Arc<str>,
+        address: SocketAddr,
+        local: Option<SocketAddr>,
+    ) {
         let mut side = self.lock_backend();
         let same = side.as_ref().is_some_and(|b| {
             b.address == address && b.local == local && b.pool == *pool && b.backend == *backend

@@ -66,7 +66,9 @@ pub fn main() -> ExitCode {
         println!("  for i in 1 2 3 4; do curl -s http://127.0.0.1:8080/; done");
         println!("  curl -s http://127.0.0.1:8080/bytes/1048576 | wc -c");
         println!("  curl -i http://127.0.0.1:8080/status/503");
-        println!("  open http://127.0.0.1:9900/               # the dashboard: backends, sessions, drain buttons");
+        println!(
+            "  open http://127.0.0.1:9900/               # the dashboard: backends, sessions, drain buttons"
+        );
         println!("  curl -s http://127.0.0.1:9900/api/v1/pools; curl -s http://127.0.0.1:9900/metrics");
         println!("  fulcrum ctl backends; fulcrum ctl drain demo/beta");
         println!("Ctrl-C stops everything.");

@@ -56,7 +56,6 @@ pub async fn serve(
     let mut upstream = match pool.connect(opts).await {
         Ok(u) => u,
         Err(e) => {
-            crate::sessions::count_connect_errors(pool, &e);
             tracing::warn!(service = %service.name, error = %e, "tcp session refused");
             if crate::sessions::access_log() {
                 access(service, client, pool, "-", (0, 0), started);

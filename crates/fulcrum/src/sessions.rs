@@ -16,7 +16,7 @@ use fulcrum_core::model::BackendId;
 use fulcrum_core::session::{Session, SessionHandle, SessionState, SessionTable};
 
 use crate::service::ServiceRuntime;
-use crate::upstream::{PoolRuntime, Upstream, UpstreamError};
+use crate::upstream::{PoolRuntime, Upstream};
 
 /// The session table of this process.
 pub fn table() -> &'static Arc<SessionTable> {
@@ -150,27 +150,9 @@ const LOCAL_SHARDS: usize = 16;
 /// Local addresses of backend connections by descriptor (`fd % LOCAL_SHARDS`
 /// picks the shard, `fd / LOCAL_SHARDS` the slot), so that workers rarely
 /// meet on a lock.
-static LOCALS: [Mutex<Vec<Option<SocketAddr>>>; LOCAL_SHARDS] = [const { Mutex::new(Vec::new()) }; LOCAL_SHARDS];
+static LOCALS: [Mutex<Vec<Option<SocketAddr>>>; LOCAL_SHARDS] =
+    [const { Mutex::new(Vec::new()) }; LOCAL_SHARDS];
 
 fn lock_locals(shard: &Mutex<Vec<Option<SocketAddr>>>) -> std::sync::MutexGuard<'_, Vec<Option<SocketAddr>>> {
     shard.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Counts a failed connect against each backend it names. The pool tries
-/// backends in turn and reports only when all failed, naming each attempt as
-/// `name (address): error`; a failure followed by a successful retry on
-/// another backend is not seen here (the pool would have to count it).
-pub fn count_connect_errors(pool: &PoolRuntime, error: &UpstreamError) {
-    let UpstreamError::ConnectFailed { attempts, .. } = error else { return };
-    for attempt in attempts.split("; ") {
-        let failed = pool.backends.iter().find(|b| {
-            attempt
-                .strip_prefix(b.name.as_str())
-                .and_then(|rest| rest.strip_prefix(" ("))
-                .is_some_and(|rest| rest.starts_with(&format!("{}): ", b.address)))
-        });
-        if let Some(b) = failed {
-            b.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }

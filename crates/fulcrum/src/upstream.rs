@@ -342,6 +342,7 @@ impl PoolRuntime {
                 Ok((stream, snat)) => return Ok(Upstream { backend: id, stream, reused: false, snat }),
                 Err(e) => {
                     tracing::warn!(pool = %self.name, backend = %backend.name, address = %backend.address, error = %e, "connect failed");
+                    backend.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
                     self.session_failed(id, &format!("connect: {e}"));
                     if !attempts.is_empty() {
                         attempts.push_str("; ");

@@ -8,6 +8,7 @@
 //! hyper-util's pooled client measured about 0.8× HAProxy on this machine).
 
 mod body;
+mod persistence;
 mod record;
 
 use std::net::SocketAddr;
@@ -17,11 +18,10 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use fulcrum_core::http::{
     error_response, is_idempotent, parse_request, parse_response, simple_response, write_request_head,
-    write_response_head, BodyKind, ClientInfo, HeadError, Header, RequestHead, ResponseFraming, ResponseHead,
+    write_response_head, BodyKind, ClientInfo, HeadError, RequestHead, ResponseFraming, ResponseHead,
     Version,
 };
-use fulcrum_core::model::{BackendId, RouteAction};
-use fulcrum_core::persist;
+use fulcrum_core::model::RouteAction;
 use fulcrum_core::route::{normalize_path, RequestView};
 use fulcrum_core::session::{Session, SessionState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{remember_source, PersistRuntime, ServiceRuntime, Sticky};
+use crate::service::{remember_source, ServiceRuntime, Sticky};
 use crate::sessions::BackendNames;
 use crate::upstream::{ConnectOptions, PoolRuntime, Upstream};
 use body::{CopyError, Encode};
@@ -267,7 +267,6 @@ async fn exchange<'s>(
         let mut up = match pool.connect(opts).await {
             Ok(up) => up,
             Err(e) => {
-                crate::sessions::count_connect_errors(pool, &e);
                 return reply_error(client, rec, head_only, 503, &e.to_string(), no_body && head.keep_alive)
                     .await;
             }
@@ -280,7 +279,7 @@ async fn exchange<'s>(
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
         let backend = up.backend;
         let mut on_head = |response: &mut ResponseHead| {
-            persistence_on_response(service, pool, backend, &sticky, response, now);
+            persistence::on_response(service, pool, backend, &sticky, response, now);
         };
         let outcome =
             relay(client, &mut up, &out, head, service, pool, shutdown, &mut on_head, rec.tally).await;
@@ -598,70 +597,6 @@ async fn answer(
     } else {
         Next::Close
     }
-}
-
-/// What persistence does with a backend's response: insert mode sets its
-/// cookie when the client's did not name this backend; learn mode maps the
-/// application's cookie to the backend that set it.
-fn persistence_on_response(
-    service: &ServiceRuntime,
-    pool: &PoolRuntime,
-    backend: BackendId,
-    sticky: &Sticky,
-    response: &mut ResponseHead,
-    now: Duration,
-) {
-    let PersistRuntime::Cookie { config, learned } = &service.persistence else { return };
-    match learned {
-        None if sticky.cookie_backend != Some(backend) => {
-            let id = persist::cookie_id(&pool.name, &pool.backend(backend).name);
-            let value = cookie_for_pool(sticky.cookie_value.as_deref(), service, pool, &id);
-            let value = persist::set_cookie(config, &value);
-            response.headers.push(Header { name: "Set-Cookie".into(), value: value.into_bytes() });
-        }
-        None => {}
-        Some(table) => {
-            let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
-            // A client whose sticky backend was replaced follows the new one,
-            // unless the new one issues its own session cookie just below.
-            if let Some(value) = &sticky.learned_value {
-                if sticky.prefer.is_some_and(|b| b != backend) {
-                    table.insert((pool.index, value.clone()), backend, now);
-                }
-            }
-            for h in response.headers.iter().filter(|h| h.is("set-cookie")) {
-                if let Some(v) = persist::learned_cookie(&h.value, &config.name) {
-                    table.insert((pool.index, v.to_owned()), backend, now);
-                }
-            }
-        }
-    }
-}
-
-/// Most pools one persistence cookie remembers a backend for.
-const COOKIE_POOLS: usize = 8;
-
-/// The insert-mode cookie value after `pool` chose the backend `id`: the
-/// parts the client had for other pools kept (well-formed ids only, at most
-/// `COOKIE_POOLS`), this pool's part replaced.
-fn cookie_for_pool(old: Option<&str>, service: &ServiceRuntime, pool: &PoolRuntime, id: &str) -> String {
-    let others: Vec<&PoolRuntime> = service
-        .pool
-        .iter()
-        .chain(service.routes.iter().filter_map(|r| r.pool.as_ref()))
-        .map(|p| p.as_ref())
-        .filter(|p| p.index != pool.index)
-        .collect();
-    // Only a backend id of another pool of this service survives: anything
-    // else the client sent is forged or stale, and dropped.
-    let mut parts: Vec<&str> = old
-        .unwrap_or_default()
-        .split('.')
-        .filter(|part| others.iter().any(|p| persist::backend_by_cookie(&p.model, part).is_some()))
-        .take(COOKIE_POOLS - 1)
-        .collect();
-    parts.push(id);
-    parts.join(".")
 }
 
 /// Answers the client with an error; keeps the connection only if `keep`.
