@@ -102,6 +102,9 @@ pub struct Runtime {
     pub shutdown_grace: Duration,
     /// One structured log line per request (http) or session (tcp); off by default.
     pub access_log: bool,
+    /// Connection limits for the whole process (`[runtime.limits]`), checked
+    /// before each service's own.
+    pub limits: Limits,
 }
 
 #[derive(Clone, Debug, PartialEq)]

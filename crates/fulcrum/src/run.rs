@@ -123,6 +123,7 @@ pub async fn serve(
         }
     };
     crate::sessions::set_access_log(generation.model.runtime.access_log);
+    crate::server::set_global_limits(generation.model.runtime.limits.clone());
     listeners.commit(plan, &shutdown, &sessions);
     generation.start(None, &shutdown);
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadReply>(4);
@@ -220,6 +221,7 @@ impl Reload<'_> {
         self.listeners.commit(plan, self.shutdown, self.sessions);
         next.start(Some(current), self.shutdown);
         crate::sessions::set_access_log(next.model.runtime.access_log);
+        crate::server::set_global_limits(next.model.runtime.limits.clone());
         shared.live.store(Arc::new(next.live()));
         *current = next;
         Ok(if changes.is_empty() { "no change".into() } else { changes.join(", ") })

@@ -1,16 +1,20 @@
 //! Listeners and the accept loop: bind every service's addresses, admit each
 //! connection under the service's limit, hand it to the tcp or http handler.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use fulcrum_core::http::error_response;
-use fulcrum_core::model::{Mode, OnLimit};
+use fulcrum_core::model::{Limits, Mode, OnLimit};
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,8 +70,12 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shutdown = shutdown.clone();
-        sessions.spawn(async move {
+        sessions.spawn(guarded(async move {
             crate::front::count_accepted(&service);
+            let Some(_global) = admit_global().await else {
+                crate::front::count_refused_at_limit(&service);
+                return refuse_for(stream, &service, "Fulcrum is at its connection limit").await;
+            };
             let Some(_slot) = admit(&service).await else {
                 crate::front::count_refused_at_limit(&service);
                 refuse(stream, &service).await;
@@ -92,7 +100,25 @@ pub async fn accept_loop(
                     crate::l7::serve(stream, client, local, first, &service, &shutdown, row.as_deref()).await
                 }
             }
-        });
+        }));
+    }
+}
+
+/// Sessions whose task panicked since start (exported as `fulcrum_panics_total`).
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs one session, catching a panic: a bug one input reaches ends that
+/// session alone (its sockets close as the task unwinds), is logged once with
+/// its message, and is counted, while every other session goes on.
+pub async fn guarded(session: impl Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(session).catch_unwind().await {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        tracing::error!(panic = %message, "a session panicked and was closed; the others go on");
     }
 }
 
@@ -133,16 +159,103 @@ async fn admit(service: &ServiceRuntime) -> Option<Option<OwnedSemaphorePermit>>
 }
 
 /// Turns away a connection over the limit: a 503 in http mode, a close in tcp mode.
-async fn refuse(mut stream: TcpStream, service: &ServiceRuntime) {
-    tracing::info!(service = %service.name, "connection refused: at max_connections");
+async fn refuse(stream: TcpStream, service: &ServiceRuntime) {
+    refuse_for(stream, service, &format!("service {:?} is at its connection limit", service.name)).await;
+}
+
+/// Turns a connection away with `why`: a 503 in http mode, a close in tcp mode.
+async fn refuse_for(mut stream: TcpStream, service: &ServiceRuntime, why: &str) {
+    tracing::info!(service = %service.name, reason = why, "connection refused");
     if service.mode == Mode::Http {
-        let msg = format!("service {:?} is at its connection limit", service.name);
-        let _ = stream.write_all(&error_response(503, &msg, true)).await;
+        let _ = stream.write_all(&error_response(503, why, true)).await;
         let _ = stream.shutdown().await;
         // Read what the client sent so closing does not reset the connection
         // before it reads the 503.
         let mut sink = [0u8; 4096];
         let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
         let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+}
+
+/// The whole process's connection limit (`[runtime.limits]`). A counter
+/// rather than a semaphore: it lives across reloads, which may change the
+/// limit while connections admitted under the old one are still open.
+struct GlobalLimit {
+    open: AtomicU64,
+    limits: Mutex<Limits>,
+    /// Wakes queued connections when one closes.
+    released: Notify,
+}
+
+static GLOBAL: LazyLock<GlobalLimit> = LazyLock::new(|| GlobalLimit {
+    open: AtomicU64::new(0),
+    limits: Mutex::new(Limits {
+        max_connections: None,
+        on_limit: OnLimit::Queue,
+        queue_timeout: Duration::ZERO,
+    }),
+    released: Notify::new(),
+});
+
+/// Sets the process's connection limit (at start and on reload).
+pub fn set_global_limits(limits: Limits) {
+    *GLOBAL.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    GLOBAL.released.notify_waiters();
+}
+
+/// One connection counted against the process's limit until dropped.
+pub struct GlobalSlot(());
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        GLOBAL.open.fetch_sub(1, Ordering::Relaxed);
+        GLOBAL.released.notify_one();
+    }
+}
+
+/// Takes a place under the process's limit: at once, after a bounded wait
+/// (`on_limit = "queue"`), or not at all.
+async fn admit_global() -> Option<GlobalSlot> {
+    let limits = GLOBAL.limits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let try_take = |max: u64| {
+        GLOBAL.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+    };
+    let Some(max) = limits.max_connections.map(u64::from) else {
+        GLOBAL.open.fetch_add(1, Ordering::Relaxed);
+        return Some(GlobalSlot(()));
+    };
+    if try_take(max) {
+        return Some(GlobalSlot(()));
+    }
+    if limits.on_limit == OnLimit::Refuse {
+        return None;
+    }
+    let wait = async {
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let released = GLOBAL.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if try_take(max) {
+                return GlobalSlot(());
+            }
+            released.await;
+        }
+    };
+    tokio::time::timeout(limits.queue_timeout, wait).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_session_is_caught_and_counted() {
+        let before = PANICS.load(Ordering::Relaxed);
+        let task = tokio::spawn(guarded(async { panic!("boom from a test") }));
+        assert!(task.await.is_ok(), "the panic did not escape the session");
+        assert_eq!(PANICS.load(Ordering::Relaxed), before + 1);
+        // The runtime goes on serving other tasks.
+        assert_eq!(tokio::spawn(async { 7 }).await.ok(), Some(7));
     }
 }

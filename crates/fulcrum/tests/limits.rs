@@ -74,3 +74,37 @@ fn an_idle_keep_alive_connection_is_closed() {
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).expect("closed by Fulcrum before the 10 s read timeout"), 0);
 }
+
+#[test]
+fn the_process_wide_limit_spans_services() {
+    let b = Backend::start("b");
+    let second = format!(
+        "\n[[service]]\nname = \"other\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n\n[runtime.limits]\nmax_connections = 2\non_limit = \"refuse\"\n"
+    );
+    let f = Fulcrum::start(&(config("http", &[("b", b.addr, 1)], "", "") + &second), 2);
+    let held = |addr| {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+        assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+        s
+    };
+    let first = held(f.addrs[0]);
+    let _second = held(f.addrs[1]);
+    for addr in &f.addrs {
+        let out = raw(*addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert!(
+            out.starts_with("HTTP/1.1 503 ") && out.contains("Fulcrum is at its connection limit"),
+            "{out}"
+        );
+    }
+    drop(first);
+    let ok = (0..200).any(|_| {
+        let out = raw(f.addrs[1], b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        if !out.starts_with("HTTP/1.1 200") {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out.starts_with("HTTP/1.1 200")
+    });
+    assert!(ok, "a freed place is reused");
+}

@@ -25,7 +25,7 @@ use crate::model::{
 
 pub(super) const TOP_KEYS: &[&str] = &["admin", "runtime", "service", "pool", "snat_pool"];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
-const RUNTIME_KEYS: &[&str] = &["shutdown_grace", "access_log"];
+const RUNTIME_KEYS: &[&str] = &["shutdown_grace", "access_log", "limits"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -117,8 +117,24 @@ pub(super) fn runtime(r: &mut Report, root: &Section) -> Runtime {
         Some(s) => Runtime {
             shutdown_grace: r.duration(&s, "shutdown_grace", SHUTDOWN_GRACE),
             access_log: r.boolean(&s, "access_log").is_some_and(|a| a.value),
+            limits: limits(r, &s),
         },
-        None => Runtime { shutdown_grace: SHUTDOWN_GRACE, access_log: false },
+        None => Runtime { shutdown_grace: SHUTDOWN_GRACE, access_log: false, limits: NO_LIMITS },
+    }
+}
+
+const NO_LIMITS: Limits =
+    Limits { max_connections: None, on_limit: OnLimit::Queue, queue_timeout: QUEUE_TIMEOUT };
+
+/// `[….limits]` of a service, or `[runtime.limits]` for the whole process.
+fn limits(r: &mut Report, parent: &Section) -> Limits {
+    match r.subsection(parent, "limits", LIMIT_KEYS) {
+        Some(l) => Limits {
+            max_connections: max_connections(r, &l),
+            on_limit: r.choice(&l, "on_limit", ON_LIMITS).unwrap_or(OnLimit::Queue),
+            queue_timeout: r.duration(&l, "queue_timeout", QUEUE_TIMEOUT),
+        },
+        None => NO_LIMITS,
     }
 }
 
@@ -180,14 +196,7 @@ pub(super) fn service<'d>(
         },
         None => DEFAULT_TIMEOUTS,
     };
-    let limits = match r.subsection(&s, "limits", LIMIT_KEYS) {
-        Some(l) => Limits {
-            max_connections: max_connections(r, &l),
-            on_limit: r.choice(&l, "on_limit", ON_LIMITS).unwrap_or(OnLimit::Queue),
-            queue_timeout: r.duration(&l, "queue_timeout", QUEUE_TIMEOUT),
-        },
-        None => Limits { max_connections: None, on_limit: OnLimit::Queue, queue_timeout: QUEUE_TIMEOUT },
-    };
+    let limits = limits(r, &s);
     let routes = routes::routes(r, &s, mode);
     default_pool(r, &s, mode, &routes);
     let persistence = persistence::persistence(r, &s, mode);

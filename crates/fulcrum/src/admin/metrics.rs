@@ -121,6 +121,14 @@ impl Collector for Collect {
         )?
         .encode_gauge(&gauge_value(shared.sessions.len() as u64))?;
 
+        enc.encode_descriptor(
+            "fulcrum_panics",
+            "Sessions whose task panicked, caught and closed alone.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, u64, u64>(&crate::server::PANICS.load(Ordering::Relaxed), None)?;
+
         // Services.
         type ServiceCounter = fn(&crate::stats::ServiceStats) -> &AtomicU64;
         let service_counters: [(&str, &str, Option<Unit>, ServiceCounter); 5] = [
