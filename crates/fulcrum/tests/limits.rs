@@ -78,10 +78,8 @@ fn an_idle_keep_alive_connection_is_closed() {
 #[test]
 fn the_process_wide_limit_spans_services() {
     let b = Backend::start("b");
-    let second = format!(
-        "\n[[service]]\nname = \"other\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n\n[runtime.limits]\nmax_connections = 2\non_limit = \"refuse\"\n"
-    );
-    let f = Fulcrum::start(&(config("http", &[("b", b.addr, 1)], "", "") + &second), 2);
+    let second = "\n[[service]]\nname = \"other\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n\n[runtime.limits]\nmax_connections = 2\non_limit = \"refuse\"\n";
+    let f = Fulcrum::start(&(config("http", &[("b", b.addr, 1)], "", "") + second), 2);
     let held = |addr| {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
