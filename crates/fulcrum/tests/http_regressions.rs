@@ -216,3 +216,23 @@ fn stray_bytes_after_a_head_response_never_reach_another_client() {
     let resp = read_response(&mut c);
     assert!(resp.ends_with("ok"), "client B got someone else's bytes: {resp:?}");
 }
+
+/// RFC 9113 §3.1 and request smuggling: `Upgrade: h2c` is never tunnelled —
+/// the backend gets a plain HTTP/1.1 request without the upgrade, so no
+/// second protocol can slip past the proxy's parser.
+#[test]
+fn an_h2c_upgrade_is_not_passed_on() {
+    let rec = Recorder::start();
+    let f = Fulcrum::start(&config("http", &[("r", rec.addr, 1)], "", ""), 1);
+    let out = common::raw(
+        f.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let heads = rec.heads();
+    let first = heads[0].to_ascii_lowercase();
+    assert!(!first.contains("upgrade") && !first.contains("http2-settings"), "{}", heads[0]);
+    // The bytes after the first request are a second request, parsed as such.
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[1].starts_with("GET /smuggled HTTP/1.1"));
+}

@@ -152,3 +152,54 @@ fn reloads_under_load_lose_no_request() {
     assert!(ok.load(Ordering::SeqCst) > 100, "too few requests to mean anything");
     assert_eq!(failed.load(Ordering::SeqCst), 0, "failed: {:?}", errors.first());
 }
+
+/// Issue 6's promise: a fixed-rate load through a reload every second for
+/// 30 seconds: no connection refused, no request failed, and a slow response
+/// started before the reloads completes.
+#[test]
+fn thirty_seconds_of_reloads_at_a_fixed_rate() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let one = config("http", &[("a", a.addr, 1)], "", "");
+    let two = config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], "", "");
+    let f = Fulcrum::start(&one, 1);
+    let addr = f.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 4 clients × 25 requests/s, each on its own schedule (open loop).
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut sent, mut errors) = (0usize, Vec::new());
+                let start = std::time::Instant::now();
+                while !stop.load(Ordering::SeqCst) && sent < 25 * 40 {
+                    let due = start + Duration::from_millis(40) * sent as u32;
+                    if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    if let Err(e) = get(addr, "/") {
+                        errors.push(e);
+                    }
+                    sent += 1;
+                }
+                (sent, errors)
+            })
+        })
+        .collect();
+    let slow = std::thread::spawn(move || get(addr, "/delay/5000"));
+    for i in 0..30 {
+        let tick = std::time::Instant::now();
+        f.reload(if i % 2 == 0 { &two } else { &one });
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut sent = 0;
+    let mut errors = Vec::new();
+    for c in clients {
+        let (n, e) = c.join().expect("client");
+        sent += n;
+        errors.extend(e);
+    }
+    assert!(slow.join().expect("slow").is_ok(), "the slow response was cut by a reload");
+    assert!(sent >= 2500, "the load ran: {sent} requests");
+    assert!(errors.is_empty(), "{} of {sent} failed, first: {:?}", errors.len(), errors.first());
+}
