@@ -35,8 +35,10 @@ impl ResponseFraming {
         match (kind, version) {
             (BodyKind::None, _) => Self::NoBody,
             (BodyKind::Length(n), _) => Self::Length(n),
-            (BodyKind::Chunked, Version::Http11) => Self::Chunked,
-            (BodyKind::Chunked, Version::Http10) | (BodyKind::UntilClose, _) => Self::Close,
+            // Re-chunked: a body cut short then lacks its last chunk, where a
+            // close-delimited one would look complete.
+            (BodyKind::Chunked | BodyKind::UntilClose, Version::Http11) => Self::Chunked,
+            (BodyKind::Chunked | BodyKind::UntilClose, Version::Http10) => Self::Close,
         }
     }
 }
@@ -302,6 +304,12 @@ mod tests {
         write_response_head(&head, ResponseFraming::NoBody, Version::Http10, true, &mut out);
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("Content-Length: 7\r\n") && out.contains("Connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn close_delimited_bodies_are_rechunked_for_http11() {
+        assert_eq!(ResponseFraming::decide(BodyKind::UntilClose, Version::Http11), ResponseFraming::Chunked);
+        assert_eq!(ResponseFraming::decide(BodyKind::UntilClose, Version::Http10), ResponseFraming::Close);
     }
 
     #[test]

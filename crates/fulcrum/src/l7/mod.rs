@@ -45,6 +45,9 @@ struct Client {
 enum Next {
     KeepAlive,
     Close,
+    /// The response broke mid-body: reset the connection, so that no client
+    /// can take what it got for a whole response.
+    Abort,
 }
 
 /// Why an exchange with a backend failed before a response head arrived.
@@ -113,6 +116,13 @@ pub async fn serve(
         match next {
             Next::KeepAlive => continue,
             Next::Close => break,
+            Next::Abort => {
+                close(row);
+                // SO_LINGER 0: the close sends a reset, not an end of stream,
+                // which for a body delimited by the close would read as complete.
+                let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
         }
     }
     close(row);
@@ -185,6 +195,8 @@ enum Relayed {
         keep_client: bool,
         /// The backend connection may carry another request.
         reusable: bool,
+        /// The response body broke on the way: the client connection is reset.
+        broken: bool,
     },
 }
 
@@ -294,15 +306,15 @@ async fn exchange<'s>(
             Err(Failure::Stale | Failure::Client(_) | Failure::Unforwardable(_)) => {}
         }
         return match outcome {
-            Ok(Relayed::Response { status, keep_client, reusable }) => {
+            Ok(Relayed::Response { status, keep_client, reusable, broken }) => {
                 rec.status = status;
                 if reusable {
                     pool.release(up.backend, up.stream, up.snat, t.backend_idle);
                 }
-                if keep_client {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
+                match (broken, keep_client) {
+                    (true, _) => Next::Abort,
+                    (false, true) => Next::KeepAlive,
+                    (false, false) => Next::Close,
                 }
             }
             Ok(Relayed::Upgrade(response, bbuf)) => match head.upgrade {
@@ -445,7 +457,19 @@ async fn relay(
         }
         return Ok(Relayed::Upgrade(response, bbuf));
     }
-    let framing = ResponseFraming::decide(response.body, head.version);
+    // A body the backend delimits by closing goes to an HTTP/1.1 client
+    // re-chunked, so a break is visible (no last chunk) and the client
+    // connection can stay; unless it carries a transfer coding of its own,
+    // which only a close can delimit.
+    let framing = match ResponseFraming::decide(response.body, head.version) {
+        ResponseFraming::Chunked
+            if response.body == BodyKind::UntilClose
+                && response.headers.iter().any(|h| h.is("transfer-encoding")) =>
+        {
+            ResponseFraming::Close
+        }
+        framing => framing,
+    };
     if response.coded && framing != ResponseFraming::Chunked {
         return Err(Failure::Unforwardable(
             "the response has a transfer coding an HTTP/1.0 client cannot take".into(),
@@ -486,7 +510,7 @@ async fn relay(
                         Ok(_) => {}
                         // The client broke off its request mid-response: end both.
                         Err(e) if e.is_sender() => {
-                            return Ok(Relayed::Response { status, keep_client: false, reusable: false });
+                            return Ok(Relayed::Response { status, keep_client: false, reusable: false, broken: false });
                         }
                         Err(_) => upload_broke = true,
                     }
@@ -501,7 +525,8 @@ async fn relay(
             let name = &pool.backend(up.backend).name;
             tracing::warn!(service = %service.name, backend = %name, error = %e, "response body broken");
         }
-        return Ok(Relayed::Response { status, keep_client: false, reusable: false });
+        // A reset, not an end of stream, when the body was the backend's fault.
+        return Ok(Relayed::Response { status, keep_client: false, reusable: false, broken: e.is_sender() });
     }
     let request_done = !uploading && !upload_broke;
     // A response bodiless by rule (HEAD, 204, 304) that announced a body may
@@ -512,7 +537,7 @@ async fn relay(
             .iter()
             .any(|h| h.is("transfer-encoding") || (h.is("content-length") && h.value.trim_ascii() != b"0"));
     let reusable = response.keep_alive && request_done && bbuf.is_empty() && !announced;
-    Ok(Relayed::Response { status, keep_client: keep_client && request_done, reusable })
+    Ok(Relayed::Response { status, keep_client: keep_client && request_done, reusable, broken: false })
 }
 
 /// Reads until a whole response head is in `buf`. `Err(None)` is a close or
