@@ -171,6 +171,15 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
                 continue;
             }
         }
+        if bytes[i] == b'%' {
+            // A `%` that starts no escape is escaped itself: left bare, the
+            // characters decoded after it could form a new escape
+            // (`%2%65` → `%2e`), and a second decoding would see a path this
+            // one did not — normalising must be idempotent.
+            decoded.push_str("%25");
+            i += 1;
+            continue;
+        }
         // `path` is a str: copy whole characters.
         let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
         decoded.push(ch);
@@ -212,8 +221,14 @@ mod tests {
         assert_eq!(n("/../../etc"), "/etc");
         assert_eq!(n("/a%2fb"), "/a%2Fb");
         assert_eq!(n("/caf%C3%A9/"), "/caf%C3%A9/");
-        assert_eq!(n("/%"), "/%");
-        assert_eq!(n("/%4"), "/%4");
+        assert_eq!(n("/%"), "/%25");
+        assert_eq!(n("/%4"), "/%254");
+        // Found by fuzzing: decoding must not form a new escape.
+        assert_eq!(n("%%663"), "/%25f3");
+        assert_eq!(n("/a/%2%65%2%65/x"), "/a/%252e%252e/x");
+        for p in ["%%663", "/a/%2%65%2%65/x", "/%%2e%2e/", "/%25%32%65"] {
+            assert_eq!(n(&n(p)), n(p), "{p}");
+        }
         assert_eq!(n("/é/./x"), "/é/x");
     }
 
