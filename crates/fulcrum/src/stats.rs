@@ -45,6 +45,33 @@ pub struct BackendStats {
     pub latency: Histogram,
 }
 
+impl BackendStats {
+    /// Adds `old`'s counts to these: a backend that stays across a reload
+    /// keeps its history in `/metrics` and the API.
+    pub fn absorb(&self, old: &BackendStats) {
+        let add = |a: &AtomicU64, b: &AtomicU64| {
+            a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        for (a, b) in [
+            (&self.requests, &old.requests),
+            (&self.bytes_in, &old.bytes_in),
+            (&self.bytes_out, &old.bytes_out),
+            (&self.connect_errors, &old.connect_errors),
+            (&self.retries, &old.retries),
+            (&self.latency.sum_micros, &old.latency.sum_micros),
+            (&self.latency.count, &old.latency.count),
+        ] {
+            add(a, b);
+        }
+        for (a, b) in self.responses.iter().zip(&old.responses) {
+            add(a, b);
+        }
+        for (a, b) in self.latency.buckets.iter().zip(&old.latency.buckets) {
+            add(a, b);
+        }
+    }
+}
+
 /// Counters of one service.
 #[derive(Default)]
 pub struct ServiceStats {

@@ -36,8 +36,6 @@ pub struct PoolRuntime {
     pub check: HealthCheck,
     passive: PassiveCheck,
     slow_start: Option<Duration>,
-    /// The clock health decisions read: `now` is the time since this instant.
-    epoch: Instant,
 }
 
 /// One backend's live state; owned by the pool so it outlives selector rebuilds.
@@ -176,13 +174,14 @@ impl PoolRuntime {
             check: pool.health.clone(),
             passive: pool.passive.clone(),
             slow_start: pool.slow_start,
-            epoch: Instant::now(),
         }
     }
 
-    /// The health clock's reading.
+    /// The health clock's reading: the process-wide clock, so health state
+    /// handed from one generation of a pool to the next (ejections, slow
+    /// start) keeps its meaning across a reload.
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        crate::clock::now()
     }
 
     /// Whether `id` may take a new session now.
@@ -527,6 +526,7 @@ impl BackendRuntime {
             new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         self.agent_reachable.store(old.agent_reachable.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.stats.absorb(&old.stats);
         self.load.store(old.load.load(Ordering::Relaxed), Ordering::Relaxed);
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = old.report();
     }
@@ -644,4 +644,40 @@ async fn connect(
             .map_err(Failure::Connect)?;
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(text: &str) -> Pool {
+        fulcrum_core::config::load(text).map(|l| l.model.pools[0].clone()).unwrap()
+    }
+
+    /// Regression: each pool runtime had its own clock, so an ejection
+    /// handed to the next generation at a reload was measured against a
+    /// clock restarted at zero, and lasted as long again as the old pool's age.
+    #[test]
+    fn an_ejection_keeps_its_end_across_generations() {
+        let text = "[[service]]\nname = \"s\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"tcp\"\npool = \"p\"\n\
+                    [[pool]]\nname = \"p\"\n[pool.passive]\nconsecutive_failures = 1\nejection = \"10s\"\nmax_ejected_percent = 100\n\
+                    [[pool.backend]]\nname = \"b\"\naddress = \"127.0.0.1:9\"\n";
+        let old = PoolRuntime::new(&pool(text), 1, None);
+        std::thread::sleep(Duration::from_millis(50)); // the old pool is older than the new one
+        old.session_failed(BackendId(0), "refused");
+        let until = old.backend(BackendId(0)).lock_health().ejected_until().unwrap();
+        old.backend(BackendId(0)).stats.requests.fetch_add(7, Ordering::Relaxed);
+        let new = PoolRuntime::new(&pool(text), 2, None);
+        new.backend(BackendId(0)).inherit(old.backend(BackendId(0)));
+        let b = new.backend(BackendId(0));
+        assert_eq!(b.lock_health().ejected_until(), Some(until));
+        // What is left of the ejection, read on the new pool's clock, is no
+        // more than it was: it ends when it would have ended.
+        assert!(
+            until.saturating_sub(new.now()) <= Duration::from_secs(10),
+            "the ejection grew across generations"
+        );
+        assert!(!new.eligible(BackendId(0)), "still ejected");
+        assert_eq!(b.stats.requests.load(Ordering::Relaxed), 7, "counters carry over");
+    }
 }
