@@ -381,9 +381,11 @@ fn the_access_log_has_one_line_per_request_when_on() {
     }
 
     let off = Fulcrum::start(&config("http", &[("b", b.addr, 1)], "", ""), 1);
-    assert!(raw(off.addr(), b"GET /quiet HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert!(raw(off.addr(), b"GET /quiet HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .starts_with("HTTP/1.1 200"));
     // The row is closed once the response is out; give the log a moment by
     // making a second request on the same service, then look.
-    assert!(raw(off.addr(), b"GET /again HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert!(raw(off.addr(), b"GET /again HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .starts_with("HTTP/1.1 200"));
     assert!(!off.proc.stderr().contains("target=/quiet"), "the access log is off by default");
 }
