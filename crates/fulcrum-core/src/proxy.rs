@@ -107,6 +107,23 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
     }
 }
 
+/// The spec's ports are 1–5 decimal digits. ppp reads them with
+/// `str::parse`, which also takes `+7` and any number of leading zeros:
+/// refuse those here, so a whole line is judged as strictly as a partial one
+/// (found by fuzzing: `PROXY TCP4 1.2.3.4 5.6.7.8 1 +0…02`).
+fn check_v1_ports(line: &[u8], text: &[u8]) -> Result<(), ProxyError> {
+    let fields: Vec<&[u8]> = text.split(|&b| b == b' ').collect();
+    if fields.get(1).is_some_and(|p| *p == b"UNKNOWN") {
+        return Ok(());
+    }
+    for port in fields.iter().skip(4).take(2) {
+        if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
+            return Err(malformed_v1(line, "a port is not 1 to 5 decimal digits"));
+        }
+    }
+    Ok(())
+}
+
 fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
     let start = buf.len().min(V1_PREFIX.len());
     if buf[..start] != V1_PREFIX[..start] {
@@ -125,6 +142,7 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
         return Err(malformed_v1(line, "the line ends in a bare LF, not CRLF"));
     };
     check_v1_bytes(line, text)?;
+    check_v1_ports(line, text)?;
     // The bytes are printable ASCII and the only CR is the one before the
     // LF, so ppp reads exactly `line`.
     let header = ppp::v1::Header::try_from(line).map_err(|e| v1_error(line, &e))?;
