@@ -13,8 +13,8 @@ mod rewrite;
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use head::{parse_request, parse_response, RequestHead, ResponseHead};
 pub use rewrite::{
-    error_response, reason, simple_response, write_request_head, write_response_head, ClientInfo,
-    ResponseFraming,
+    error_response, reason, reason_phrase, simple_response, write_request_head, write_response_head,
+    ClientInfo, ResponseFraming,
 };
 
 /// Most header fields accepted in one message head (431 beyond).

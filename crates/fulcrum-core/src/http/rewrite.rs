@@ -60,7 +60,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// there would otherwise send an HTTP/1.1 request on without one.
 fn is_hop_by_hop(h: &Header, connection: &[&Header]) -> bool {
     HOP_BY_HOP.iter().any(|n| h.is(n))
-        || (!h.is("host") && connection.iter().any(|c| has_token(&c.value, &h.name.to_ascii_lowercase())))
+        || (!h.is("host") && connection.iter().any(|c| has_token(&c.value, &h.name)))
 }
 
 /// Writes the request head to send to a backend for `head` (always HTTP/1.1).
@@ -192,30 +192,70 @@ pub fn simple_response(status: u16, headers: &[(&str, &str)], body: &str, close:
     out
 }
 
-/// The reason phrase of a status Fulcrum generates.
-pub fn reason(status: u16) -> &'static str {
-    match status {
+/// The reason phrase of a final status (200..=599) from the IANA registry
+/// as RFC 9110 and RFC 6585 name them; `None` for an unregistered one. One
+/// table for every status Fulcrum writes: its own answers and the fixed
+/// answers of routes. (The core depends on no HTTP crate.)
+pub fn reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
         303 => "See Other",
+        304 => "Not Modified",
         307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
-        _ => "Error",
-    }
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => return None,
+    })
+}
+
+/// The reason phrase for a status line Fulcrum writes.
+pub fn reason(status: u16) -> &'static str {
+    reason_phrase(status).unwrap_or("Error")
 }
 
 fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -310,6 +350,15 @@ mod tests {
     fn close_delimited_bodies_are_rechunked_for_http11() {
         assert_eq!(ResponseFraming::decide(BodyKind::UntilClose, Version::Http11), ResponseFraming::Chunked);
         assert_eq!(ResponseFraming::decide(BodyKind::UntilClose, Version::Http10), ResponseFraming::Close);
+    }
+
+    #[test]
+    fn status_lines_use_the_registered_phrase() {
+        assert_eq!(reason(202), "Accepted");
+        assert_eq!(reason(418), "Error");
+        assert!(String::from_utf8(simple_response(410, &[], "", true))
+            .unwrap()
+            .starts_with("HTTP/1.1 410 Gone\r\n"));
     }
 
     #[test]
