@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -506,10 +506,7 @@ impl RateLimiter {
 /// The bucket a client address counts against: IPv4 as is (mapped IPv6
 /// unwrapped), IPv6 by its /64.
 fn client_key(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
-        v4 => v4,
-    }
+    crate::persist::source_key(client, 32, 64)
 }
 
 #[cfg(test)]

@@ -247,21 +247,13 @@ impl ClientMatch {
     }
 
     fn matches(&self, client: SocketAddr) -> bool {
-        let ip = unmap(client.ip());
+        let ip = client.ip().to_canonical();
         match self {
-            ClientMatch::Ip(want) => ip == unmap(*want),
-            ClientMatch::Socket(want) => ip == unmap(want.ip()) && client.port() == want.port(),
+            ClientMatch::Ip(want) => ip == want.to_canonical(),
+            ClientMatch::Socket(want) => ip == want.ip().to_canonical() && client.port() == want.port(),
             ClientMatch::Net(net) => net.contains(&ip),
             ClientMatch::Prefix(p) => ip.to_string().starts_with(p.as_str()),
         }
-    }
-}
-
-/// An IPv4-mapped IPv6 client matches its IPv4 form.
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

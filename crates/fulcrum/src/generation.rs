@@ -122,6 +122,9 @@ impl Generation {
     /// it, and table expiry for its services. Checkers of pools `old` had and
     /// this one does not are stopped.
     pub fn start(&self, old: Option<&Generation>, shutdown: &CancellationToken) {
+        // Process-wide switches of `[runtime]`, at start and at every reload alike.
+        crate::sessions::set_access_log(self.model.runtime.access_log);
+        crate::server::set_global_limits(self.model.runtime.limits.clone());
         for (pool, checks) in self.pools.iter().zip(&self.pool_checks) {
             let inherited = old.is_some_and(|o| o.pools.iter().any(|p| Arc::ptr_eq(p, pool)));
             if !inherited {

@@ -178,10 +178,12 @@ async fn choose_pool<'s>(
 
 /// A stable 64-bit key of a client address for hashing selectors.
 pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ip.hash(&mut h);
-    h.finish()
+    // The core's stable keyed hash, not std's DefaultHasher: a client must
+    // hash to the same backend across restarts, builds and nodes.
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(a) => fulcrum_core::persist::header_key(&a.octets()),
+        std::net::IpAddr::V6(a) => fulcrum_core::persist::header_key(&a.octets()),
+    }
 }
 
 /// What a tunnel counts as bytes move: a meter each way, and the session

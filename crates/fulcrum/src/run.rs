@@ -122,16 +122,14 @@ pub async fn serve(
             return ExitCode::FAILURE;
         }
     };
-    crate::sessions::set_access_log(generation.model.runtime.access_log);
-    crate::server::set_global_limits(generation.model.runtime.limits.clone());
-    listeners.commit(plan, &shutdown, &sessions);
+    // Switches first: no connection is accepted before the limits are in force.
     generation.start(None, &shutdown);
+    listeners.commit(plan, &shutdown, &sessions);
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadReply>(4);
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(generation.live()),
         sessions: crate::sessions::table().clone(),
         reload: reload_tx,
-        config_path: config_path.clone(),
         admin_tokens,
     });
     if let Some(listener) = admin {
@@ -218,10 +216,8 @@ impl Reload<'_> {
             Generation::build(model, self.base, Some(current)).map_err(|e| e.to_string())?;
         let plan = self.listeners.plan(&next).map_err(|e| e.to_string())?;
         // Committed from here on: nothing below can fail.
-        self.listeners.commit(plan, self.shutdown, self.sessions);
         next.start(Some(current), self.shutdown);
-        crate::sessions::set_access_log(next.model.runtime.access_log);
-        crate::server::set_global_limits(next.model.runtime.limits.clone());
+        self.listeners.commit(plan, self.shutdown, self.sessions);
         shared.live.store(Arc::new(next.live()));
         *current = next;
         Ok(if changes.is_empty() { "no change".into() } else { changes.join(", ") })

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use fulcrum_core::http::error_response;
 use fulcrum_core::model::{Limits, Mode, OnLimit};
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -168,12 +168,7 @@ async fn refuse_for(mut stream: TcpStream, service: &ServiceRuntime, why: &str) 
     tracing::info!(service = %service.name, reason = why, "connection refused");
     if service.mode == Mode::Http {
         let _ = stream.write_all(&error_response(503, why, true)).await;
-        let _ = stream.shutdown().await;
-        // Read what the client sent so closing does not reset the connection
-        // before it reads the 503.
-        let mut sink = [0u8; 4096];
-        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        crate::l7::linger_close(stream).await;
     }
 }
 

@@ -148,16 +148,8 @@ impl ServiceRuntime {
 
     /// Whether `peer` may send a PROXY protocol header to this service.
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = unmap(peer);
+        let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&peer))
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-pub fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -233,7 +225,7 @@ impl PolicyRuntime {
 
     /// Source eligibility (allow/deny).
     pub fn check_source(&self, client: IpAddr) -> Result<(), Refusal> {
-        policy::check_source(&self.policy, unmap(client))
+        policy::check_source(&self.policy, client.to_canonical())
     }
 
     /// Authorization, for http requests. A value verified lately is taken
@@ -284,7 +276,9 @@ impl PolicyRuntime {
             return Err(Refusal::TooMany { retry_after_secs: 1 });
         }
         if let Some(rate) = &self.rate {
-            rate.lock().unwrap_or_else(|p| p.into_inner()).admit(unmap(client), crate::clock::now())?;
+            rate.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(client.to_canonical(), crate::clock::now())?;
         }
         Ok(slot)
     }
@@ -406,7 +400,7 @@ impl Sticky {
                 Sticky { prefer, learned_value: value, ..Sticky::default() }
             }
             PersistRuntime::SourceIp { mask_v4, mask_v6, table } => {
-                let key = (pool.index, persist::source_key(unmap(client), *mask_v4, *mask_v6));
+                let key = (pool.index, persist::source_key(client, *mask_v4, *mask_v6));
                 let prefer = table.lock().unwrap_or_else(|p| p.into_inner()).get(&key, now);
                 Sticky { prefer, ..Sticky::default() }
             }
@@ -427,7 +421,7 @@ pub fn remember_source(
     now: Duration,
 ) {
     if let PersistRuntime::SourceIp { mask_v4, mask_v6, table } = persistence {
-        let key = (pool.index, persist::source_key(unmap(client), *mask_v4, *mask_v6));
+        let key = (pool.index, persist::source_key(client, *mask_v4, *mask_v6));
         table.lock().unwrap_or_else(|p| p.into_inner()).insert(key, backend, now);
     }
 }

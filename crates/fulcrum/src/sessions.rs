@@ -7,9 +7,8 @@
 //! signature; the table outlives configuration generations, as sessions do.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fulcrum_core::model::BackendId;
@@ -107,52 +106,7 @@ impl BackendNames {
             }
         };
         let (_, _, pool_name, backend_name) = &self.seen[i];
-        row.update_backend(pool_name, backend_name, pool.backend(up.backend).address, local_address(up));
+        row.update_backend(pool_name, backend_name, pool.backend(up.backend).address, up.local);
         row.set_state(SessionState::Established);
     }
-}
-
-/// Fulcrum's source address:port on a backend connection: the client NAT
-/// lease's when it has one, else the kernel's choice.
-///
-/// Asking the kernel (getsockname) costs about 0.4 µs here, over 2 % of an
-/// http request's whole cost, so it is asked once per backend connection,
-/// when the connection is fresh, and kept by descriptor number for the
-/// requests that reuse it from the idle pool. That is sound because every
-/// pooled connection was fresh once, in an exchange that came here, and its
-/// descriptor number has been its own since; an entry of a closed
-/// descriptor is overwritten by the next fresh connection that gets the
-/// number. (The stream itself carrying its local address, set once at
-/// connect, would make this cache unnecessary.)
-pub fn local_address(up: &Upstream) -> Option<SocketAddr> {
-    if let Some(lease) = &up.snat {
-        return Some(SocketAddr::V4(lease.address()));
-    }
-    let fd = usize::try_from(up.stream.as_raw_fd()).ok()?;
-    let shard = &LOCALS[fd % LOCAL_SHARDS];
-    let slot = fd / LOCAL_SHARDS;
-    if up.reused {
-        if let Some(Some(local)) = lock_locals(shard).get(slot) {
-            return Some(*local);
-        }
-    }
-    let local = up.stream.local_addr().ok();
-    let mut locals = lock_locals(shard);
-    if locals.len() <= slot {
-        locals.resize(slot + 1, None);
-    }
-    locals[slot] = local;
-    local
-}
-
-const LOCAL_SHARDS: usize = 16;
-
-/// Local addresses of backend connections by descriptor (`fd % LOCAL_SHARDS`
-/// picks the shard, `fd / LOCAL_SHARDS` the slot), so that workers rarely
-/// meet on a lock.
-static LOCALS: [Mutex<Vec<Option<SocketAddr>>>; LOCAL_SHARDS] =
-    [const { Mutex::new(Vec::new()) }; LOCAL_SHARDS];
-
-fn lock_locals(shard: &Mutex<Vec<Option<SocketAddr>>>) -> std::sync::MutexGuard<'_, Vec<Option<SocketAddr>>> {
-    shard.lock().unwrap_or_else(|p| p.into_inner())
 }

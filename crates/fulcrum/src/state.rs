@@ -3,7 +3,6 @@
 //! for a reload. The admin API holds one `Shared`; the data path never
 //! reads it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -29,8 +28,6 @@ pub struct Shared {
     pub sessions: Arc<SessionTable>,
     /// Asks the runner to reload the configuration file.
     pub reload: mpsc::Sender<ReloadReply>,
-    /// The configuration file, when there is one (not for the demo).
-    pub config_path: Option<PathBuf>,
     /// Tokens for mutating API calls; empty: no token needed.
     pub admin_tokens: Vec<String>,
 }

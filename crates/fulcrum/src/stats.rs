@@ -14,7 +14,6 @@ pub struct Histogram {
     /// Observations per bucket (not cumulative); the last slot is +Inf.
     pub buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     pub sum_micros: AtomicU64,
-    pub count: AtomicU64,
 }
 
 impl Histogram {
@@ -23,7 +22,6 @@ impl Histogram {
         let i = LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -59,7 +57,6 @@ impl BackendStats {
             (&self.connect_errors, &old.connect_errors),
             (&self.retries, &old.retries),
             (&self.latency.sum_micros, &old.latency.sum_micros),
-            (&self.latency.count, &old.latency.count),
         ] {
             add(a, b);
         }

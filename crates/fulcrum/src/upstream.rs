@@ -74,9 +74,8 @@ pub struct BackendRuntime {
 }
 
 struct Idle {
-    stream: TcpStream,
-    /// The source address:port the stream is bound to, held while it idles.
-    snat: Option<SnatLease>,
+    /// The connection with its client NAT lease, held while it idles.
+    up: Upstream,
     since: Instant,
 }
 
@@ -88,8 +87,10 @@ pub struct Upstream {
     /// so a request that failed on it without any response may be retried.
     pub reused: bool,
     /// The client NAT address:port `stream` is bound to: released when this
-    /// drops, so it must go wherever the stream goes (`release` takes both).
+    /// drops, so it goes wherever the stream goes.
     pub snat: Option<SnatLease>,
+    /// Fulcrum's source address:port on this connection, read once at connect.
+    pub local: Option<SocketAddr>,
 }
 
 /// Why no backend connection could be had.
@@ -332,13 +333,19 @@ impl PoolRuntime {
             };
             let proxy = self.model.proxy_protocol.zip(opts.proxy);
             if let Some(within) = opts.reuse_within.filter(|_| proxy.is_none()) {
-                if let Some((stream, snat)) = self.checkout(id, within) {
-                    return Ok(Upstream { backend: id, stream, reused: true, snat });
+                if let Some(up) = self.checkout(id, within) {
+                    return Ok(up);
                 }
             }
             let backend = self.backend(id);
             match self.connect_from_source(backend.address, opts.connect_timeout, proxy).await? {
-                Ok((stream, snat)) => return Ok(Upstream { backend: id, stream, reused: false, snat }),
+                Ok((stream, snat)) => {
+                    let local = match &snat {
+                        Some(lease) => Some(SocketAddr::V4(lease.address())),
+                        None => stream.local_addr().ok(),
+                    };
+                    return Ok(Upstream { backend: id, stream, reused: false, snat, local });
+                }
                 Err(e) => {
                     tracing::warn!(pool = %self.name, backend = %backend.name, address = %backend.address, error = %e, "connect failed");
                     backend.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -436,11 +443,11 @@ impl PoolRuntime {
     /// Returns a connection whose exchange ended cleanly to the idle pool
     /// with the client NAT address:port it is bound to (released when the
     /// connection is closed), closing pooled ones idle for `within` or longer.
-    pub fn release(&self, id: BackendId, stream: TcpStream, snat: Option<SnatLease>, within: Duration) {
+    pub fn release(&self, up: Upstream, within: Duration) {
         if self.max_idle == 0 || self.model.proxy_protocol.is_some() {
             return; // pooling off, or a client's own connection: dropping it closes it
         }
-        let mut idle = self.backend(id).idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.backend(up.backend).idle.lock().unwrap_or_else(|p| p.into_inner());
         // Oldest first: expired ones would otherwise sit in CLOSE_WAIT under
         // fresher ones until traffic stops.
         let expired = idle.iter().take_while(|c| c.since.elapsed() >= within).count();
@@ -449,7 +456,7 @@ impl PoolRuntime {
             // Drop the oldest: it is the likeliest to be closed by the backend.
             idle.remove(0);
         }
-        idle.push(Idle { stream, snat, since: Instant::now() });
+        idle.push(Idle { up, since: Instant::now() });
     }
 
     /// Closes the pool's oldest idle connection, giving back its client NAT
@@ -473,8 +480,8 @@ impl PoolRuntime {
     }
 
     /// The freshest idle connection to `id` that is still open and younger
-    /// than `within`, with its client NAT lease.
-    fn checkout(&self, id: BackendId, within: Duration) -> Option<(TcpStream, Option<SnatLease>)> {
+    /// than `within`, marked reused.
+    fn checkout(&self, id: BackendId, within: Duration) -> Option<Upstream> {
         let mut idle = self.backend(id).idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(conn) = idle.pop() {
             if conn.since.elapsed() >= within {
@@ -485,9 +492,9 @@ impl PoolRuntime {
             // An idle connection must have nothing to read: data or EOF means
             // the backend closed it or misbehaved.
             let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
+            match conn.up.stream.try_read(&mut probe) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Some((conn.stream, conn.snat))
+                    return Some(Upstream { reused: true, ..conn.up });
                 }
                 _ => continue,
             }
@@ -533,6 +540,11 @@ impl BackendRuntime {
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, BackendHealth> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether health says up (and not ejected): the atomic the data path reads.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
     }
 
     /// What is asked of the backend: the operator's target, made stricter by

@@ -52,8 +52,13 @@ fn the_grace_period_bounds_shutdown() {
     let front = f.addr();
     let _client = std::thread::spawn(move || common::raw(front, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
     arrived.recv_timeout(Duration::from_secs(10)).expect("request reached the backend");
+    let started = std::time::Instant::now();
     let status = f.proc.terminate();
+    // The configured 300ms, not the 10s default: the stuck session is cut then.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "shutdown took {took:?}");
     assert!(status.success(), "{status:?}");
+    assert!(f.proc.stderr().contains("grace=300ms"), "{}", f.proc.stderr());
     assert!(f.proc.stderr().contains("grace period over"), "{}", f.proc.stderr());
 }
 

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fulcrum_core::health::Health;
 use fulcrum_core::model::BackendId;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
@@ -214,7 +213,7 @@ impl Collector for Collect {
             &mut enc,
             "fulcrum_backend_health",
             "1 when the backend's health is up, 0 when down.",
-            backends.iter().map(|&(p, id)| (labels(p, id), i64::from(p.status(id).0 == Health::Up))),
+            backends.iter().map(|&(p, id)| (labels(p, id), i64::from(p.backend(id).is_up()))),
         )?;
         gauges(
             &mut enc,

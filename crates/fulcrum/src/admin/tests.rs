@@ -80,7 +80,6 @@ fn fixture(tokens: &[&str]) -> Fixture {
         live: ArcSwap::from_pointee(generation.live()),
         sessions: Arc::new(SessionTable::new(4)),
         reload: tx,
-        config_path: None,
         admin_tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
     });
     let live = shared.live.load_full();

@@ -309,7 +309,7 @@ async fn exchange<'s>(
             Ok(Relayed::Response { status, keep_client, reusable, broken }) => {
                 rec.status = status;
                 if reusable {
-                    pool.release(up.backend, up.stream, up.snat, t.backend_idle);
+                    pool.release(up, t.backend_idle);
                 }
                 match (broken, keep_client) {
                     (true, _) => Next::Abort,
