@@ -4,6 +4,12 @@
 //! answers 200; `/status/N` answers status N; `/delay/MS` answers after MS
 //! milliseconds; `/bytes/N` streams N bytes. A request body is read whole
 //! (counted, never stored) and its length returned in `X-Body-Bytes`.
+//! `/_counters` answers `{"connections":N,"requests":M}` (JSON): the client
+//! connections this backend has accepted and the requests it has received
+//! since it started, this one included. `bench/run` reads it before and after
+//! a run to see how well a proxy reuses its backend connections; the counts
+//! are per listening backend, so the demo's in-process backends keep theirs
+//! apart.
 //! Built on hyper, an HTTP implementation independent of Fulcrum's own, so
 //! tests through Fulcrum exercise two parsers against each other.
 
@@ -12,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,18 +57,31 @@ pub fn main(listen: SocketAddr, name: &str) -> ExitCode {
     })
 }
 
+/// What `/_counters` reports. Relaxed atomics: the two counts are read apart,
+/// and a benchmark reading them between runs needs no ordering between them.
+#[derive(Default)]
+struct Counters {
+    /// Client connections accepted.
+    connections: AtomicU64,
+    /// Requests whose head was read, counted before the answer is written.
+    requests: AtomicU64,
+}
+
 /// Serves connections from `listener` forever, as backend `name`.
 pub async fn serve(listener: TcpListener, name: Arc<str>) {
+    let counters = Arc::new(Counters::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors or similar: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        counters.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let name = name.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, name.clone()));
+            let service = service_fn(move |req| handle(req, name.clone(), counters.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
@@ -71,7 +91,12 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Reply>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    counters: Arc<Counters>,
+) -> Result<Response<Reply>, Infallible> {
+    counters.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
     let mut body = req.into_body();
     let mut received: u64 = 0;
@@ -81,7 +106,7 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Reply
             Err(_) => break,
         }
     }
-    let mut reply = route(&path, &name).await;
+    let mut reply = if path == "/_counters" { counters_reply(&counters) } else { route(&path, &name).await };
     let headers = reply.headers_mut();
     if let Ok(v) = name.parse() {
         headers.insert("x-backend", v);
@@ -125,6 +150,17 @@ async fn route(path: &str, name: &str) -> Response<Reply> {
         };
     }
     respond(StatusCode::OK, named())
+}
+
+fn counters_reply(counters: &Counters) -> Response<Reply> {
+    let body = format!(
+        "{{\"connections\":{},\"requests\":{}}}\n",
+        counters.connections.load(Ordering::Relaxed),
+        counters.requests.load(Ordering::Relaxed)
+    );
+    let mut r = respond(StatusCode::OK, Reply::Full(Bytes::from(body)));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
 }
 
 fn respond(status: StatusCode, body: Reply) -> Response<Reply> {

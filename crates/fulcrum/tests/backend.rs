@@ -46,6 +46,37 @@ fn keeps_connections_alive() {
     }
 }
 
+/// Reads `/_counters` over `s` as (connections, requests).
+fn counters(s: &mut TcpStream) -> (u64, u64) {
+    s.write_all(b"GET /_counters HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let response = read_response(s);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.rsplit("\r\n\r\n").next().unwrap_or_default().trim();
+    let number = |key: &str| -> u64 {
+        let rest = body.split(&format!("\"{key}\":")).nth(1).unwrap_or_else(|| panic!("no {key} in {body}"));
+        rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).expect("a count")
+    };
+    (number("connections"), number("requests"))
+}
+
+#[test]
+fn counts_connections_and_requests() {
+    let b = Backend::start("web1");
+    // The counters are read over one connection of their own, kept open, so
+    // that reading them adds one request and no connection.
+    let mut reader = TcpStream::connect(b.addr).expect("connect");
+    let (conns0, reqs0) = counters(&mut reader);
+    let mut clients =
+        [TcpStream::connect(b.addr).expect("connect"), TcpStream::connect(b.addr).expect("connect")];
+    for i in [0, 1, 0] {
+        clients[i].write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+        assert!(read_response(&mut clients[i]).ends_with("web1\n"));
+    }
+    let (conns1, reqs1) = counters(&mut reader);
+    assert_eq!(conns1 - conns0, 2, "two new connections");
+    assert_eq!(reqs1 - reqs0, 3 + 1, "three requests plus the read of the counters");
+}
+
 #[test]
 fn a_taken_address_is_an_error() {
     let b = Backend::start("web1");
