@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 
 use crate::service::ServiceRuntime;
 
-/// The client's address: the peer's own, or, from a trusted proxy, the one
-/// its PROXY header gives. Bytes read past the header stay in `buf`.
+/// The client's address from the PROXY header a trusted peer sends first
+/// (the caller checks that the service accepts one from this peer). Bytes read past the header stay in `buf`.
 /// `None`: the header was missing, malformed or late; the connection is closed.
 pub async fn client_address(
     stream: &mut TcpStream,
@@ -23,9 +23,7 @@ pub async fn client_address(
     service: &ServiceRuntime,
     buf: &mut BytesMut,
 ) -> Option<SocketAddr> {
-    if !service.accept_proxy_protocol || !service.trusts(peer.ip()) {
-        return Some(peer);
-    }
+    debug_assert!(service.accept_proxy_protocol && service.trusts(peer.ip()));
     let deadline = tokio::time::Instant::now() + service.timeouts.request_headers;
     loop {
         match proxy::parse(buf) {

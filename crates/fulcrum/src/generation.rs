@@ -95,7 +95,7 @@ impl Generation {
         }
         let mut services = Vec::new();
         for s in &model.services {
-            let previous = old.and_then(|o| o.services.iter().find(|x| x.name == s.name));
+            let previous = old.and_then(|o| o.services.iter().find(|x| *x.name == *s.name));
             services.push(Arc::new(ServiceRuntime::new(s, &pools, base, previous.map(|p| p.as_ref()))?));
         }
         if let Some(o) = old {

@@ -69,7 +69,7 @@ pub async fn serve(
     let backend = pool.backend(upstream.backend);
     backend.stats.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(row) = row {
-        crate::sessions::BackendNames::default().connected(row, pool, &upstream);
+        crate::sessions::connected(row, pool, &upstream);
     }
     // Client to backend: bytes in for the service and the row, out for the backend.
     let up = Meter([

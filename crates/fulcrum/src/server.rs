@@ -82,10 +82,12 @@ pub async fn accept_loop(
                 return;
             };
             let mut first = BytesMut::new();
-            let Some(client) = crate::front::client_address(&mut stream, peer, &service, &mut first).await
-            else {
-                return;
+            let client = if service.accept_proxy_protocol && service.trusts(peer.ip()) {
+                Box::pin(crate::front::client_address(&mut stream, peer, &service, &mut first)).await
+            } else {
+                Some(peer)
             };
+            let Some(client) = client else { return };
             // The session's row in the session table, until this task ends.
             let row = crate::sessions::open(&service, client, local);
             let admitted =
@@ -95,7 +97,10 @@ pub async fn accept_loop(
                 Err(refusal) => return crate::front::refuse(stream, &service, client, &refusal).await,
             };
             match service.mode {
-                Mode::Tcp => crate::l4::serve(stream, client, local, first, &service, row.as_deref()).await,
+                // Boxed: a tunnel's state is large and lives only while the session does.
+                Mode::Tcp => {
+                    Box::pin(crate::l4::serve(stream, client, local, first, &service, row.as_deref())).await
+                }
                 Mode::Http => {
                     crate::l7::serve(stream, client, local, first, &service, &shutdown, row.as_deref()).await
                 }
@@ -110,8 +115,12 @@ pub static PANICS: AtomicU64 = AtomicU64::new(0);
 /// Runs one session, catching a panic: a bug one input reaches ends that
 /// session alone (its sockets close as the task unwinds), is logged once with
 /// its message, and is counted, while every other session goes on.
-pub async fn guarded(session: impl Future<Output = ()>) {
-    if let Err(panic) = AssertUnwindSafe(session).catch_unwind().await {
+///
+/// Not an `async fn`: one would keep `session` twice in the task, as its
+/// argument and as the future it awaits.
+pub fn guarded(session: impl Future<Output = ()>) -> impl Future<Output = ()> {
+    AssertUnwindSafe(session).catch_unwind().map(|outcome| {
+        let Err(panic) = outcome else { return };
         PANICS.fetch_add(1, Ordering::Relaxed);
         let message = panic
             .downcast_ref::<&str>()
@@ -119,7 +128,7 @@ pub async fn guarded(session: impl Future<Output = ()>) {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "(no message)".into());
         tracing::error!(panic = %message, "a session panicked and was closed; the others go on");
-    }
+    })
 }
 
 /// How often persistence tables drop expired entries (they also expire on lookup).
@@ -150,11 +159,13 @@ async fn admit(service: &ServiceRuntime) -> Option<Option<OwnedSemaphorePermit>>
     }
     match service.limits.on_limit {
         OnLimit::Refuse => None,
-        OnLimit::Queue => tokio::time::timeout(service.limits.queue_timeout, slots.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(Some),
+        OnLimit::Queue => {
+            Box::pin(tokio::time::timeout(service.limits.queue_timeout, slots.clone().acquire_owned()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(Some)
+        }
     }
 }
 
@@ -237,7 +248,7 @@ async fn admit_global() -> Option<GlobalSlot> {
             released.await;
         }
     };
-    tokio::time::timeout(limits.queue_timeout, wait).await.ok()
+    Box::pin(tokio::time::timeout(limits.queue_timeout, wait)).await.ok()
 }
 
 #[cfg(test)]

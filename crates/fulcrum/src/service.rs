@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::upstream::PoolRuntime;
 
 pub struct ServiceRuntime {
-    pub name: String,
+    pub name: Arc<str>,
     pub mode: Mode,
     /// The addresses its listeners are bound to (port 0 resolved), filled in
     /// when the listeners are committed; for operators.
@@ -85,7 +85,7 @@ impl ServiceRuntime {
             routes.push(RouteRuntime { route: r.clone(), pool, policy });
         }
         Ok(ServiceRuntime {
-            name: s.name.clone(),
+            name: s.name.as_str().into(),
             mode: s.mode,
             listen: Mutex::new(Vec::new()),
             timeouts: s.timeouts.clone(),

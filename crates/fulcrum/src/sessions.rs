@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fulcrum_core::model::BackendId;
 use fulcrum_core::session::{Session, SessionHandle, SessionState, SessionTable};
 
 use crate::service::ServiceRuntime;
@@ -64,7 +63,7 @@ pub fn open(service: &ServiceRuntime, client: SocketAddr, listener: SocketAddr) 
     if !enabled() {
         return None;
     }
-    let session = Session::new(service.name.as_str().into(), client, listener, service.mode, unix_ms());
+    let session = Session::new(service.name.clone(), client, listener, service.mode, unix_ms());
     Some(table().insert(session))
 }
 
@@ -82,31 +81,11 @@ impl Meter<'_> {
     }
 }
 
-/// The backends a session has used, with their names shared with its row:
-/// an http session that moves between a few backends allocates each name
-/// once, not per request.
-#[derive(Default)]
-pub struct BackendNames {
-    /// (pool address, backend, pool name, backend name); the pool's address
-    /// is stable for the session, which holds its service and so its pools.
-    seen: Vec<(usize, BackendId, Arc<str>, Arc<str>)>,
-}
-
-impl BackendNames {
-    /// Records on `row` that the session now talks to backend `id` of `pool`
-    /// over `up`, and marks it established.
-    pub fn connected(&mut self, row: &Session, pool: &PoolRuntime, up: &Upstream) {
-        let key = std::ptr::from_ref(pool) as usize;
-        let i = match self.seen.iter().position(|(p, b, ..)| *p == key && *b == up.backend) {
-            Some(i) => i,
-            None => {
-                let name = pool.backend(up.backend).name.as_str();
-                self.seen.push((key, up.backend, pool.name.as_str().into(), name.into()));
-                self.seen.len() - 1
-            }
-        };
-        let (_, _, pool_name, backend_name) = &self.seen[i];
-        row.update_backend(pool_name, backend_name, pool.backend(up.backend).address, up.local);
-        row.set_state(SessionState::Established);
-    }
+/// Records on `row` that the session now talks to backend `id` of `pool`
+/// over `up`, and marks it established. The names are the pool's own,
+/// shared: a session allocates nothing for them.
+pub fn connected(row: &Session, pool: &PoolRuntime, up: &Upstream) {
+    let backend = pool.backend(up.backend);
+    row.update_backend(&pool.name, &backend.name, backend.address, up.local);
+    row.set_state(SessionState::Established);
 }

@@ -18,7 +18,7 @@ use crate::snat::{SnatLease, SnatRuntime};
 
 /// A pool as the data path sees it: the selector plus live per-backend state.
 pub struct PoolRuntime {
-    pub name: String,
+    pub name: Arc<str>,
     /// Position in the configuration's pools: persistence keys carry it.
     pub index: usize,
     /// The configuration this runtime was built from.
@@ -42,7 +42,7 @@ pub struct PoolRuntime {
 /// The data path reads only atomics; the health machine behind them is locked
 /// by the checker and by failed sessions, never by a successful pick.
 pub struct BackendRuntime {
-    pub name: String,
+    pub name: Arc<str>,
     pub address: SocketAddr,
     pub weight: u32,
     pub max_connections: Option<u32>,
@@ -142,7 +142,7 @@ impl PoolRuntime {
     /// persistence tables); `snat` is its client NAT pool, if any.
     pub fn new(pool: &Pool, index: usize, snat: Option<Arc<SnatRuntime>>) -> Self {
         PoolRuntime {
-            name: pool.name.clone(),
+            name: pool.name.as_str().into(),
             index,
             model: pool.clone(),
             snat,
@@ -151,7 +151,7 @@ impl PoolRuntime {
                 .backends
                 .iter()
                 .map(|b| BackendRuntime {
-                    name: b.name.clone(),
+                    name: b.name.as_str().into(),
                     address: b.address,
                     weight: b.weight,
                     max_connections: b.max_connections,
@@ -359,9 +359,9 @@ impl PoolRuntime {
             }
         }
         if failed.is_empty() {
-            Err(UpstreamError::NoBackend { pool: self.name.clone() })
+            Err(UpstreamError::NoBackend { pool: self.name.to_string() })
         } else {
-            Err(UpstreamError::ConnectFailed { pool: self.name.clone(), attempts })
+            Err(UpstreamError::ConnectFailed { pool: self.name.to_string(), attempts })
         }
     }
 
@@ -389,7 +389,8 @@ impl PoolRuntime {
                 .map(|s| (s, None))
                 .map_err(Failure::into_io));
         };
-        let exhausted = || UpstreamError::SnatExhausted { pool: self.name.clone(), snat: snat.name.clone() };
+        let exhausted =
+            || UpstreamError::SnatExhausted { pool: self.name.to_string(), snat: snat.name.clone() };
         let deadline = Instant::now() + snat.model.wait;
         // Busy ones stay leased while others are tried, so the allocator
         // does not hand the same address:port straight back.
@@ -430,7 +431,7 @@ impl PoolRuntime {
                     busy.push(lease);
                 }
                 Err(Failure::Bind(error)) => {
-                    let (pool, snat) = (self.name.clone(), snat.name.clone());
+                    let (pool, snat) = (self.name.to_string(), snat.name.clone());
                     return Err(UpstreamError::SnatBind { pool, snat, source_address: source, error });
                 }
                 Err(Failure::Connect(e)) => return Ok(Err(e)),

@@ -109,7 +109,7 @@ fn service_view(s: &ServiceRuntime, open: usize) -> ServiceView {
                 location: None,
             };
             match &r.route.action {
-                RouteAction::Pool(_) => view.pool = r.pool.as_ref().map(|p| p.name.clone()),
+                RouteAction::Pool(_) => view.pool = r.pool.as_ref().map(|p| p.name.to_string()),
                 RouteAction::Redirect { status, location } => {
                     view.action = "redirect";
                     view.status = Some(*status);
@@ -124,10 +124,10 @@ fn service_view(s: &ServiceRuntime, open: usize) -> ServiceView {
         })
         .collect();
     ServiceView {
-        name: s.name.clone(),
+        name: s.name.to_string(),
         mode: s.mode,
         listen: s.listen.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-        pool: s.pool.as_ref().map(|p| p.name.clone()),
+        pool: s.pool.as_ref().map(|p| p.name.to_string()),
         routes,
         sessions: open,
         counters: service_counters(&s.stats),
@@ -208,7 +208,7 @@ pub async fn pools(State(app): State<AppState>) -> Json<Vec<PoolView>> {
         live.pools
             .iter()
             .map(|p| PoolView {
-                name: p.name.clone(),
+                name: p.name.to_string(),
                 algorithm: p.model.algorithm,
                 snat: p.model.snat.and_then(|i| live.snat.get(i)).map(|s| s.name.clone()),
                 backends: (0..p.backends.len()).map(|i| backend_view(p, BackendId(i))).collect(),
@@ -221,8 +221,8 @@ pub fn backend_view(pool: &PoolRuntime, id: BackendId) -> BackendView {
     let b = pool.backend(id);
     let (health, reason, current) = pool.status(id);
     BackendView {
-        pool: pool.name.clone(),
-        name: b.name.clone(),
+        pool: pool.name.to_string(),
+        name: b.name.to_string(),
         address: b.address,
         weight: b.weight,
         health,
@@ -320,7 +320,7 @@ pub async fn snat(State(app): State<AppState>) -> Json<Vec<SnatPoolView>> {
                     .pools
                     .iter()
                     .filter(|p| p.model.snat == Some(i))
-                    .map(|p| p.name.clone())
+                    .map(|p| p.name.to_string())
                     .collect(),
             })
             .collect(),
@@ -351,9 +351,9 @@ pub async fn set_state(
     let pool = live
         .pools
         .iter()
-        .find(|p| p.name == pool_name)
+        .find(|p| *p.name == *pool_name)
         .ok_or_else(|| ApiError::not_found(format!("no pool named {pool_name:?}")))?;
-    let id = pool.backends.iter().position(|b| b.name == backend_name).map(BackendId).ok_or_else(|| {
+    let id = pool.backends.iter().position(|b| *b.name == *backend_name).map(BackendId).ok_or_else(|| {
         ApiError::not_found(format!("pool {pool_name:?} has no backend named {backend_name:?}"))
     })?;
     let change: StateChange = parse_body(&body)?;

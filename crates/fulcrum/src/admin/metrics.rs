@@ -92,11 +92,11 @@ fn gauges<'a, L: EncodeLabelSet + 'a>(
 }
 
 fn svc(s: &ServiceRuntime) -> Labels<'_> {
-    vec![("service", s.name.as_str())]
+    vec![("service", &*s.name)]
 }
 
 fn labels(p: &PoolRuntime, id: BackendId) -> Labels<'_> {
-    vec![("pool", p.name.as_str()), ("backend", p.backend(id).name.as_str())]
+    vec![("pool", &*p.name), ("backend", &*p.backend(id).name)]
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -242,8 +242,7 @@ impl Collector for Collect {
         }
 
         // Client NAT pools: one allocator lock each, for one consistent reading.
-        let snat: Vec<_> =
-            live.snat.iter().map(|s| (vec![("snat_pool", s.name.as_str())], s.stats(), s)).collect();
+        let snat: Vec<_> = live.snat.iter().map(|s| (vec![("snat_pool", &*s.name)], s.stats(), s)).collect();
         gauges(
             &mut enc,
             "fulcrum_snat_allocated",

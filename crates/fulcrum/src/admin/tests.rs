@@ -88,7 +88,7 @@ fn fixture(tokens: &[&str]) -> Fixture {
 
 impl Fixture {
     fn pool(&self, name: &str) -> &crate::upstream::PoolRuntime {
-        self.live.pools.iter().find(|p| p.name == name).expect("pool")
+        self.live.pools.iter().find(|p| *p.name == *name).expect("pool")
     }
 
     /// Opens a session row on `service` from `client`, on `pool/backend` when given.

@@ -11,6 +11,7 @@ mod body;
 mod persistence;
 mod record;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,7 +31,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{remember_source, ServiceRuntime, Sticky};
-use crate::sessions::BackendNames;
 use crate::upstream::{ConnectOptions, PoolRuntime, Upstream};
 use body::{CopyError, Encode};
 use record::{Record, Tally};
@@ -65,68 +65,80 @@ enum Failure {
     Unforwardable(String),
 }
 
-/// The session's side of a client connection: its row in the session
-/// table (`None` when the table is off) and the backend names it shares.
-struct Conn<'a> {
-    row: Option<&'a Session>,
-    names: BackendNames,
-}
-
 /// Serves one http-mode client connection until it closes, idles out, or
 /// Fulcrum shuts down (between requests). `row` is the session's row in
 /// the session table, kept current request by request.
-pub async fn serve(
+pub fn serve<'a>(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     first: BytesMut,
-    service: &ServiceRuntime,
-    shutdown: &CancellationToken,
-    row: Option<&Session>,
-) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    buf.extend_from_slice(&first);
-    let mut client = Client { stream, buf };
+    service: &'a ServiceRuntime,
+    shutdown: &'a CancellationToken,
+    row: Option<&'a Session>,
+) -> impl Future<Output = ()> + Send + 'a {
+    // No buffer until the first byte: an idle connection holds none.
+    let mut client = Client { stream, buf: first };
     let info = ClientInfo { client: peer, listener: local };
-    let mut conn = Conn { row, names: BackendNames::default() };
-    loop {
-        let bytes = [AtomicU64::new(0), AtomicU64::new(0)];
-        let tally = Tally { row, service: &service.stats, exchange: &bytes };
-        let head = match read_request(&mut client, service, shutdown).await {
-            Ok(Some(head)) => head,
-            Ok(None) => break,
-            Err((status, message)) => {
-                tracing::info!(service = %service.name, client = %peer, status, message, "request refused");
-                let mut rec = Record::start(tally, client.buf.len());
-                let response = error_response(status, message, true);
-                if client.stream.write_all(&response).await.is_ok() {
-                    tally.outbound(None).add(response.len() as u64);
+    // An async block, not an async fn: it uses what it captures in place,
+    // where an async fn keeps its arguments and the values made from them
+    // both in the task's state, which every idle connection pays for.
+    async move {
+        loop {
+            let bytes = [AtomicU64::new(0), AtomicU64::new(0)];
+            let tally = Tally { row, service: &service.stats, exchange: &bytes };
+            let head = match read_request(&mut client, service, shutdown).await {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(refused) => {
+                    Box::pin(refuse_request(client, service, peer, tally, refused)).await;
+                    return;
                 }
-                rec.status = status;
-                rec.finish(service, peer, None);
-                close(row);
-                linger_close(client.stream).await;
-                return;
+            };
+            client.buf.advance(head.head_len);
+            let mut rec = Record::start(tally, head.head_len);
+            // Boxed: the exchange's state (timers, both directions of the relay)
+            // is on the heap only while a request is in flight.
+            let next = Box::pin(exchange(&mut client, &head, &info, service, shutdown, row, &mut rec)).await;
+            rec.finish(service, peer, Some(&head));
+            if client.buf.is_empty() {
+                client.buf = BytesMut::new();
             }
-        };
-        client.buf.advance(head.head_len);
-        let mut rec = Record::start(tally, head.head_len);
-        let next = exchange(&mut client, &head, &info, service, shutdown, &mut conn, &mut rec).await;
-        rec.finish(service, peer, Some(&head));
-        match next {
-            Next::KeepAlive => continue,
-            Next::Close => break,
-            Next::Abort => {
-                close(row);
-                // SO_LINGER 0: the close sends a reset, not an end of stream,
-                // which for a body delimited by the close would read as complete.
-                let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
-                return;
+            match next {
+                Next::KeepAlive => continue,
+                Next::Close => break,
+                Next::Abort => {
+                    close(row);
+                    // SO_LINGER 0: the close sends a reset, not an end of stream,
+                    // which for a body delimited by the close would read as complete.
+                    let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
+                    return;
+                }
             }
         }
+        close(row);
+        let _ = client.stream.shutdown().await;
     }
-    close(row);
-    let _ = client.stream.shutdown().await;
+}
+
+/// Answers a request refused before forwarding (`status`, `message`) and closes.
+async fn refuse_request(
+    mut client: Client,
+    service: &ServiceRuntime,
+    peer: SocketAddr,
+    tally: Tally<'_>,
+    (status, message): (u16, &'static str),
+) {
+    tracing::info!(service = %service.name, client = %peer, status, message, "request refused");
+    let mut rec = Record::start(tally, client.buf.len());
+    let response = error_response(status, message, true);
+    if client.stream.write_all(&response).await.is_ok() {
+        tally.outbound(None).add(response.len() as u64);
+    }
+    rec.status = status;
+    rec.finish(service, peer, None);
+    close(tally.row);
+    linger_close(client.stream).await;
 }
 
 fn close(row: Option<&Session>) {
@@ -156,19 +168,43 @@ async fn read_request(
             }
         }
         let deadline = started.map_or(idle_deadline, |s| s + t.request_headers);
-        if client.buf.capacity() - client.buf.len() < 4096 {
-            client.buf.reserve(8 * 1024);
-        }
-        let read = tokio::select! {
-            biased;
-            () = shutdown.cancelled(), if started.is_none() => return Ok(None),
-            r = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf)) => r,
+        let read = if client.buf.capacity() == 0 {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(None),
+                r = tokio::time::timeout_at(deadline, read_when_ready(client)) => r,
+            }
+        } else {
+            if client.buf.capacity() - client.buf.len() < 4096 {
+                client.buf.reserve(8 * 1024);
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if started.is_none() => return Ok(None),
+                r = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf)) => r,
+            }
         };
         match read {
             Err(_) if started.is_none() => return Ok(None),
             Err(_) => return Err((408, "request headers not received in time")),
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => started = started.or_else(|| Some(Instant::now())),
+        }
+    }
+}
+
+/// Reads into the client's buffer once the connection is readable, taking
+/// the buffer only then: an idle connection holds none. A new socket reads
+/// as ready before any byte came, so a read that would block gives the
+/// buffer back and waits again.
+async fn read_when_ready(client: &mut Client) -> std::io::Result<usize> {
+    loop {
+        // poll_read_ready, not readable(): no waiter node in this future's state.
+        std::future::poll_fn(|cx| client.stream.poll_read_ready(cx)).await?;
+        client.buf.reserve(8 * 1024);
+        match client.stream.try_read_buf(&mut client.buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => client.buf = BytesMut::new(),
+            read => return read,
         }
     }
 }
@@ -207,7 +243,7 @@ async fn exchange<'s>(
     info: &ClientInfo,
     service: &'s ServiceRuntime,
     shutdown: &CancellationToken,
-    conn: &mut Conn<'_>,
+    row: Option<&Session>,
     rec: &mut Record<'s>,
 ) -> Next {
     let t = &service.timeouts;
@@ -285,8 +321,8 @@ async fn exchange<'s>(
         };
         let _session = pool.open_session(up.backend);
         rec.backend = Some((pool, up.backend));
-        if let Some(row) = conn.row {
-            conn.names.connected(row, pool, &up);
+        if let Some(row) = row {
+            crate::sessions::connected(row, pool, &up);
         }
         remember_source(&service.persistence, pool, info.client.ip(), up.backend, now);
         let backend = up.backend;
@@ -324,7 +360,7 @@ async fn exchange<'s>(
                     let meters = crate::l4::Meters {
                         a_to_b: rec.tally.inbound(Some(backend)),
                         b_to_a: rec.tally.outbound(Some(backend)),
-                        activity: conn.row.map(|r| &r.last_activity_unix_ms),
+                        activity: row.map(|r| &r.last_activity_unix_ms),
                     };
                     let to_client = rec.tally.outbound(None);
                     upgrade(client, &mut up, bbuf, &response, head.version, t.client_idle, &meters, to_client)
@@ -639,7 +675,13 @@ async fn reply_error(
 /// Closes after an error response without losing it: shut our side, then
 /// read what the client still sends for a moment, so the close does not
 /// reset the connection before the client reads the response.
-pub async fn linger_close(mut stream: TcpStream) {
+pub async fn linger_close(stream: TcpStream) {
+    // Boxed, as are the other rare paths of a session: their state would
+    // otherwise sit in every session task, idle ones included.
+    Box::pin(linger(stream)).await;
+}
+
+async fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
     let drain = async {

@@ -78,7 +78,7 @@ impl<'a> Record<'a> {
         }
         let Some(started) = self.started else { return };
         let (pool, backend) = match self.backend {
-            Some((pool, id)) => (pool.name.as_str(), pool.backend(id).name.as_str()),
+            Some((pool, id)) => (&*pool.name, &*pool.backend(id).name),
             None => ("-", "-"),
         };
         tracing::info!(
