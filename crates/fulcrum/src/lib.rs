@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod alloc;
 pub mod backend;
 pub mod check;
 pub mod clock;

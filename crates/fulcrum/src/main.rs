@@ -6,12 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than glibc's malloc: the data path's 8 KiB buffers went
-/// through glibc's slow bins (`_int_malloc`, `malloc_consolidate`: 16 % of
-/// the user-space instructions per keep-alive request under callgrind), and
-/// glibc keeps freed session memory from being reused as tightly.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: fulcrum::alloc::MiMalloc = fulcrum::alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "fulcrum", version, about = "A server load balancer")]

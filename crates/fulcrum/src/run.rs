@@ -62,9 +62,13 @@ pub fn load(path: &Path) -> Result<Model, usize> {
 
 /// A multi-threaded runtime with `workers` threads (default: one per core).
 pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|&n| n > 1) {
+        builder.worker_threads(n);
     }
     match builder.enable_all().build() {
         Ok(rt) => Some(rt),

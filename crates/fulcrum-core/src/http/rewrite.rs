@@ -4,7 +4,7 @@
 //! `Forwarded`).
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::{has_token, BodyKind, Header, RequestHead, ResponseHead, Version};
 
@@ -71,39 +71,50 @@ pub fn write_request_head(head: &RequestHead, info: &ClientInfo, out: &mut Vec<u
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
-    let mut xff: Vec<u8> = Vec::new();
-    let mut forwarded: Vec<u8> = Vec::new();
+    // Written straight into `out`, with no temporaries: this runs for every
+    // request (callgrind: formatting the addresses with `fmt` cost about a
+    // tenth of Fulcrum's instructions per keep-alive request).
     for h in &head.headers {
-        if is_hop_by_hop(h, &connection) {
-            continue;
-        }
-        if h.is("x-forwarded-for") {
-            append_list(&mut xff, &h.value);
-        } else if h.is("forwarded") {
-            append_list(&mut forwarded, &h.value);
-        } else if h.is("x-forwarded-proto") || (h.is("expect") && head.version == Version::Http10) {
-            // Ours replaces the client's; a 1.0 client cannot take a 100.
-        } else {
-            put(out, &h.name, &h.value);
+        if !is_hop_by_hop(h, &connection) && !h.is("x-forwarded-for") && !h.is("forwarded") {
+            let ours = h.is("x-forwarded-proto") || (h.is("expect") && head.version == Version::Http10);
+            // Ours replaces the client's X-Forwarded-Proto; a 1.0 client cannot take a 100.
+            if !ours {
+                put(out, &h.name, &h.value);
+            }
         }
     }
     if !head.headers.iter().any(|h| h.is("host")) {
-        put(out, "Host", info.listener.to_string().as_bytes());
+        out.extend_from_slice(b"Host: ");
+        let _ = write!(out, "{}", info.listener);
+        out.extend_from_slice(b"\r\n");
     }
-    let ip = info.client.ip();
-    append_list(&mut xff, ip.to_string().as_bytes());
-    put(out, "X-Forwarded-For", &xff);
-    put(out, "X-Forwarded-Proto", b"http");
-    let node = |a: SocketAddr| match a {
-        SocketAddr::V4(v4) => v4.ip().to_string(),
-        SocketAddr::V6(v6) => format!("\"[{}]\"", v6.ip()),
-    };
-    let element = format!("for={};by={};proto=http", node(info.client), node(info.listener));
-    append_list(&mut forwarded, element.as_bytes());
-    put(out, "Forwarded", &forwarded);
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| h.is("x-forwarded-for") && !h.value.is_empty() && !is_hop_by_hop(h, &connection))
+    {
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b", ");
+    }
+    write_ip(out, info.client.ip());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nForwarded: ");
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| h.is("forwarded") && !h.value.is_empty() && !is_hop_by_hop(h, &connection))
+    {
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"for=");
+    write_node(out, info.client);
+    out.extend_from_slice(b";by=");
+    write_node(out, info.listener);
+    out.extend_from_slice(b";proto=http\r\n");
 
     match head.body {
-        BodyKind::Length(n) => put(out, "Content-Length", n.to_string().as_bytes()),
+        BodyKind::Length(n) => put(out, "Content-Length", itoa::Buffer::new().format(n).as_bytes()),
         BodyKind::Chunked => put(out, "Transfer-Encoding", b"chunked"),
         // A POST with "Content-Length: 0" keeps it: some servers answer 411 without.
         BodyKind::None if head.headers.iter().any(|h| h.is("content-length")) => {
@@ -130,14 +141,18 @@ pub fn write_response_head(
     out: &mut Vec<u8>,
 ) {
     let connection: Vec<&Header> = head.headers.iter().filter(|h| h.is("connection")).collect();
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", head.status, head.reason);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for h in &head.headers {
         if !is_hop_by_hop(h, &connection) {
             put(out, &h.name, &h.value);
         }
     }
     match framing {
-        ResponseFraming::Length(n) => put(out, "Content-Length", n.to_string().as_bytes()),
+        ResponseFraming::Length(n) => put(out, "Content-Length", itoa::Buffer::new().format(n).as_bytes()),
         // Restated with the codings before chunked, which the client decodes.
         ResponseFraming::Chunked if head.coded => {
             let codings: Vec<&[u8]> = head
@@ -265,11 +280,34 @@ fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn append_list(list: &mut Vec<u8>, item: &[u8]) {
-    if !list.is_empty() {
-        list.extend_from_slice(b", ");
+/// An address as `X-Forwarded-For` carries it.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
-    list.extend_from_slice(item);
+}
+
+/// A node of RFC 7239 `Forwarded`: IPv6 quoted in brackets.
+fn write_node(out: &mut Vec<u8>, address: SocketAddr) {
+    match address {
+        SocketAddr::V4(v4) => write_ip(out, IpAddr::V4(*v4.ip())),
+        SocketAddr::V6(v6) => {
+            out.extend_from_slice(b"\"[");
+            write_ip(out, IpAddr::V6(*v6.ip()));
+            out.extend_from_slice(b"]\"");
+        }
+    }
 }
 
 #[cfg(test)]

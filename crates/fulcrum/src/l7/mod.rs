@@ -84,29 +84,26 @@ pub fn serve<'a>(
     // where an async fn keeps its arguments and the values made from them
     // both in the task's state, which every idle connection pays for.
     async move {
-        loop {
+        // A refusal leaves the loop before it is answered: awaited inside,
+        // the parse result would stay in the task's state all along.
+        let refused = loop {
             let bytes = [AtomicU64::new(0), AtomicU64::new(0)];
             let tally = Tally { row, service: &service.stats, exchange: &bytes };
             let head = match read_request(&mut client, service, shutdown).await {
                 Ok(Some(head)) => head,
-                Ok(None) => break,
-                Err(refused) => {
-                    Box::pin(refuse_request(client, service, peer, tally, refused)).await;
-                    return;
-                }
+                Ok(None) => break None,
+                Err(refused) => break Some(refused),
             };
-            client.buf.advance(head.head_len);
-            let mut rec = Record::start(tally, head.head_len);
-            // Boxed: the exchange's state (timers, both directions of the relay)
-            // is on the heap only while a request is in flight.
-            let next = Box::pin(exchange(&mut client, &head, &info, service, shutdown, row, &mut rec)).await;
-            rec.finish(service, peer, Some(&head));
+            // Boxed: the exchange's state (the request head, timers, both
+            // directions of the relay) is on the heap only while a request is
+            // in flight.
+            let next = Box::pin(forward(&mut client, head, &info, service, shutdown, row, tally)).await;
             if client.buf.is_empty() {
                 client.buf = BytesMut::new();
             }
             match next {
                 Next::KeepAlive => continue,
-                Next::Close => break,
+                Next::Close => break None,
                 Next::Abort => {
                     close(row);
                     // SO_LINGER 0: the close sends a reset, not an end of stream,
@@ -115,10 +112,31 @@ pub fn serve<'a>(
                     return;
                 }
             }
+        };
+        if let Some(refused) = refused {
+            Box::pin(refuse_request(client, service, info.client, row, refused)).await;
+            return;
         }
         close(row);
         let _ = client.stream.shutdown().await;
     }
+}
+
+/// Forwards the request whose `head` was just read, and counts it.
+async fn forward(
+    client: &mut Client,
+    head: RequestHead,
+    info: &ClientInfo,
+    service: &ServiceRuntime,
+    shutdown: &CancellationToken,
+    row: Option<&Session>,
+    tally: Tally<'_>,
+) -> Next {
+    client.buf.advance(head.head_len);
+    let mut rec = Record::start(tally, head.head_len);
+    let next = exchange(client, &head, info, service, shutdown, row, &mut rec).await;
+    rec.finish(service, info.client, Some(&head));
+    next
 }
 
 /// Answers a request refused before forwarding (`status`, `message`) and closes.
@@ -126,10 +144,12 @@ async fn refuse_request(
     mut client: Client,
     service: &ServiceRuntime,
     peer: SocketAddr,
-    tally: Tally<'_>,
+    row: Option<&Session>,
     (status, message): (u16, &'static str),
 ) {
     tracing::info!(service = %service.name, client = %peer, status, message, "request refused");
+    let bytes = [AtomicU64::new(0), AtomicU64::new(0)];
+    let tally = Tally { row, service: &service.stats, exchange: &bytes };
     let mut rec = Record::start(tally, client.buf.len());
     let response = error_response(status, message, true);
     if client.stream.write_all(&response).await.is_ok() {
@@ -137,7 +157,7 @@ async fn refuse_request(
     }
     rec.status = status;
     rec.finish(service, peer, None);
-    close(tally.row);
+    close(row);
     linger_close(client.stream).await;
 }
 
