@@ -441,6 +441,12 @@ async fn relay(
     let t = &service.timeouts;
     let stats = &pool.backend(up.backend).stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    // Let every other session with a request ready read it first, so the
+    // requests go to the backends in one burst: a backend woken once then
+    // finds several. Sent at once, each wakes a backend (and preempts
+    // Fulcrum) on its own: measured 39-40k req/s against HAProxy's 46k,
+    // and 46k with this yield (one worker, 50 connections, bench/run's set-up).
+    tokio::task::yield_now().await;
     if let Err(e) = body::write(&mut up.stream, out, t.backend_response).await {
         return Err(if up.reused { Failure::Stale } else { Failure::Backend(e.to_string()) });
     }
