@@ -22,3 +22,4 @@ pub mod snat;
 pub mod state;
 pub mod stats;
 pub mod upstream;
+pub mod workers;

@@ -27,11 +27,28 @@ pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(runtime) = runtime(workers) else { return ExitCode::FAILURE };
+    // One worker: everything on this thread. More: this thread accepts,
+    // checks and administers; the workers serve the sessions.
+    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let Some(runtime) = runtime(Some(1)) else { return ExitCode::FAILURE };
+    let pool = if workers > 1 {
+        match crate::workers::Workers::start(workers) {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                eprintln!("error: cannot start {workers} worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let code = runtime
         .block_on(async { serve(model, &base, Some(path.to_path_buf()), crate::shutdown::signal()).await });
     // Sessions still running after the grace period are cut here.
+    if let Some(pool) = pool {
+        pool.stop();
+    }
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
 }
@@ -60,7 +77,8 @@ pub fn load(path: &Path) -> Result<Model, usize> {
     }
 }
 
-/// A multi-threaded runtime with `workers` threads (default: one per core).
+/// A runtime for one thread (`workers` = 1) or a multi-threaded one with
+/// `workers` threads (default: one per core), for the commands besides `run`.
 pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
     let mut builder = if workers == Some(1) {
         tokio::runtime::Builder::new_current_thread()

@@ -59,7 +59,7 @@ pub async fn accept_loop(
             r = listener.accept() => r,
         };
         let service = slot.load_full();
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: pause rather than spin; sessions that end free descriptors.
@@ -70,42 +70,65 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shutdown = shutdown.clone();
-        sessions.spawn(guarded(async move {
-            crate::front::count_accepted(&service);
-            let Some(_global) = admit_global().await else {
-                crate::front::count_refused_at_limit(&service);
-                return refuse_for(stream, &service, "Fulcrum is at its connection limit").await;
-            };
-            let Some(_slot) = admit(&service).await else {
-                crate::front::count_refused_at_limit(&service);
-                refuse(stream, &service).await;
-                return;
-            };
-            let mut first = BytesMut::new();
-            let client = if service.accept_proxy_protocol && service.trusts(peer.ip()) {
-                Box::pin(crate::front::client_address(&mut stream, peer, &service, &mut first)).await
-            } else {
-                Some(peer)
-            };
-            let Some(client) = client else { return };
-            // The session's row in the session table, until this task ends.
-            let row = crate::sessions::open(&service, client, local);
-            let admitted =
-                service.policy.check_source(client.ip()).and_then(|()| service.policy.admit(client.ip()));
-            let _session = match admitted {
-                Ok(slot) => slot,
-                Err(refusal) => return crate::front::refuse(stream, &service, client, &refusal).await,
-            };
-            match service.mode {
-                // Boxed: a tunnel's state is large and lives only while the session does.
-                Mode::Tcp => {
-                    Box::pin(crate::l4::serve(stream, client, local, first, &service, row.as_deref())).await
-                }
-                Mode::Http => {
-                    crate::l7::serve(stream, client, local, first, &service, &shutdown, row.as_deref()).await
-                }
+        let Some(worker) = crate::workers::pick() else {
+            sessions.spawn(guarded(session(stream, peer, local, service, shutdown)));
+            continue;
+        };
+        // Moved to the worker's runtime: its reactor watches the socket from now on.
+        let Ok(stream) = stream.into_std() else { continue };
+        let moved = async move {
+            let Ok(stream) = TcpStream::from_std(stream) else { return };
+            session(stream, peer, local, service, shutdown).await;
+        };
+        sessions.spawn_on(guarded(moved), worker);
+    }
+}
+
+/// One session from its admission to its end.
+#[allow(clippy::manual_async_fn)] // an async fn would keep its arguments twice in every session task
+fn session(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    service: Arc<ServiceRuntime>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send {
+    // An async block, not an async fn: see `l7::serve`.
+    async move {
+        crate::front::count_accepted(&service);
+        let Some(_global) = admit_global().await else {
+            crate::front::count_refused_at_limit(&service);
+            return refuse_for(stream, &service, "Fulcrum is at its connection limit").await;
+        };
+        let Some(_slot) = admit(&service).await else {
+            crate::front::count_refused_at_limit(&service);
+            refuse(stream, &service).await;
+            return;
+        };
+        let mut first = BytesMut::new();
+        let client = if service.accept_proxy_protocol && service.trusts(peer.ip()) {
+            Box::pin(crate::front::client_address(&mut stream, peer, &service, &mut first)).await
+        } else {
+            Some(peer)
+        };
+        let Some(client) = client else { return };
+        // The session's row in the session table, until this task ends.
+        let row = crate::sessions::open(&service, client, local);
+        let admitted =
+            service.policy.check_source(client.ip()).and_then(|()| service.policy.admit(client.ip()));
+        let _session = match admitted {
+            Ok(slot) => slot,
+            Err(refusal) => return crate::front::refuse(stream, &service, client, &refusal).await,
+        };
+        match service.mode {
+            // Boxed: a tunnel's state is large and lives only while the session does.
+            Mode::Tcp => {
+                Box::pin(crate::l4::serve(stream, client, local, first, &service, row.as_deref())).await
             }
-        }));
+            Mode::Http => {
+                crate::l7::serve(stream, client, local, first, &service, &shutdown, row.as_deref()).await
+            }
+        }
     }
 }
 

@@ -77,6 +77,8 @@ struct Idle {
     /// The connection with its client NAT lease, held while it idles.
     up: Upstream,
     since: Instant,
+    /// The worker whose runtime watches the connection: it is reused there.
+    worker: usize,
 }
 
 /// A connection to a backend, for one session.
@@ -457,7 +459,7 @@ impl PoolRuntime {
             // Drop the oldest: it is the likeliest to be closed by the backend.
             idle.remove(0);
         }
-        idle.push(Idle { up, since: Instant::now() });
+        idle.push(Idle { up, since: Instant::now(), worker: crate::workers::current() });
     }
 
     /// Closes the pool's oldest idle connection, giving back its client NAT
@@ -484,10 +486,12 @@ impl PoolRuntime {
     /// than `within`, marked reused.
     fn checkout(&self, id: BackendId, within: Duration) -> Option<Upstream> {
         let mut idle = self.backend(id).idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
+        let here = crate::workers::current();
+        while let Some(at) = idle.iter().rposition(|c| c.worker == here) {
+            let conn = idle.remove(at);
             if conn.since.elapsed() >= within {
                 // Everything older than this one is older still.
-                idle.clear();
+                idle.drain(..at);
                 return None;
             }
             // An idle connection must have nothing to read: data or EOF means
