@@ -24,8 +24,8 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
         /// Worker threads (default: one per core).
-        #[arg(long)]
-        workers: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
     /// Validate a configuration file; print every error, exit 1 if any.
     Check {
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, workers } => fulcrum::run::main(&config, workers),
+        Command::Run { config, workers } => fulcrum::run::main(&config, workers.map(usize::from)),
         Command::Demo => fulcrum::demo::main(),
         Command::Backend { listen, name } => fulcrum::backend::main(listen, &name),
         Command::Agent { listen, interface, capacity, state_file } => {

@@ -102,6 +102,33 @@ fn a_failed_bind_names_the_service_and_address() {
 }
 
 #[test]
+fn zero_workers_is_refused_with_the_option_named() {
+    let out = Command::new(bin()).args(["run", "-c", "unused.toml", "--workers", "0"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--workers"), "{err}");
+}
+
+#[test]
+fn two_workers_serve_and_shut_down() {
+    let b = Backend::start("b");
+    let mut f = Fulcrum::start_with(&config("http", &[("b", b.addr, 1)], "", ""), 1, &["--workers", "2"]);
+    // Sessions go to the workers in turn: several connections reach both.
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(f.addr()).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        assert!(out.starts_with("HTTP/1.1 200 ") && out.ends_with("b\n"), "{out}");
+    }
+    // SIGTERM stops the workers too: the process exits, and with 0.
+    // SAFETY: kill(2) on the pid of a child this test started and still owns.
+    unsafe { libc::kill(f.proc.child.id() as i32, libc::SIGTERM) };
+    let status = f.proc.child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
 fn run_refuses_an_invalid_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("f.toml");
