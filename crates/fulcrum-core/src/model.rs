@@ -63,11 +63,11 @@ pub struct Model {
     pub runtime: Runtime,
     pub services: Vec<Service>,
     pub pools: Vec<Pool>,
-    /// Client NAT pools (`[[snat_pool]]`), by index (`Pool.snat`).
+    /// SNAT pools (`[[snat_pool]]`), by index (`Pool.snat`).
     pub snat_pools: Vec<SnatPool>,
 }
 
-/// A client NAT pool: the source addresses Fulcrum uses toward backends.
+/// A SNAT pool: the source addresses Fulcrum uses toward backends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnatPool {
     pub name: String,
@@ -298,7 +298,7 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// Send a PROXY protocol header first on each backend connection.
     pub proxy_protocol: Option<ProxyVersion>,
-    /// The client NAT pool backend connections take their source address from.
+    /// The SNAT pool backend connections take their source address from.
     pub snat: Option<usize>,
 }
 

@@ -51,7 +51,7 @@ pub struct BackendSide {
     /// The backend's address.
     pub address: SocketAddr,
     /// Fulcrum's source address:port on the backend connection (the SNAT
-    /// address when the pool has a client NAT pool); `None` if unknown.
+    /// address when the pool has a SNAT pool); `None` if unknown.
     pub local: Option<SocketAddr>,
 }
 

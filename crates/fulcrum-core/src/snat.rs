@@ -1,4 +1,4 @@
-//! The client NAT allocator: which source address:port a backend connection
+//! The SNAT allocator: which source address:port a backend connection
 //! binds to, for a pool with a `[[snat_pool]]`.
 //!
 //! The pool's addresses (`first_ip..=last_ip`) times its port range are cut
@@ -29,7 +29,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::model::SnatPool;
 
-/// The address:port allocator of one client NAT pool.
+/// The address:port allocator of one SNAT pool.
 #[derive(Clone, Debug)]
 pub struct SnatAllocator {
     first_ip: u32,

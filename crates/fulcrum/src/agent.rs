@@ -60,7 +60,7 @@ pub struct Options {
 
 /// Runs the agent until Ctrl-C or SIGTERM.
 pub fn main(options: Options) -> ExitCode {
-    let Some(runtime) = crate::run::runtime(None) else { return ExitCode::FAILURE };
+    let Some(runtime) = crate::run::runtime(false) else { return ExitCode::FAILURE };
     runtime.block_on(async {
         let interface = match options.interface.clone() {
             Some(name) => name,

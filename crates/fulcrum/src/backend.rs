@@ -37,7 +37,7 @@ const MAX_DELAY_MS: u64 = 3_600_000;
 
 /// Runs a backend until Ctrl-C or SIGTERM.
 pub fn main(listen: SocketAddr, name: &str) -> ExitCode {
-    let Some(runtime) = crate::run::runtime(None) else { return ExitCode::FAILURE };
+    let Some(runtime) = crate::run::runtime(false) else { return ExitCode::FAILURE };
     runtime.block_on(async {
         let listener = match TcpListener::bind(listen).await {
             Ok(l) => l,

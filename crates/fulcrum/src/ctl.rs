@@ -67,7 +67,7 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         offset: usize,
     },
-    /// Client NAT pools: addresses, blocks and ports in use, exhaustion.
+    /// SNAT pools: addresses, blocks and ports in use, exhaustion.
     Snat,
     /// Take no new sessions on a backend; existing ones finish.
     Drain {
@@ -521,7 +521,7 @@ fn age(ms: u64) -> String {
     }
 }
 
-/// Client NAT pools, then the addresses holding blocks with their free ports.
+/// SNAT pools, then the addresses holding blocks with their free ports.
 fn snat_table(snat: &Value) -> String {
     let range = |v: &Value| match v.as_array().map(Vec::as_slice) {
         Some([a, b]) => format!("{}-{}", text(a), text(b)),

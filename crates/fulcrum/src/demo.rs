@@ -36,7 +36,7 @@ algorithm = "weighted_round_robin"
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub fn main() -> ExitCode {
     crate::run::init_logging();
-    let Some(runtime) = crate::run::runtime(None) else { return ExitCode::FAILURE };
+    let Some(runtime) = crate::run::runtime(false) else { return ExitCode::FAILURE };
     runtime.block_on(async {
         let mut text = DEMO_TOML.to_owned();
         for (i, name) in ["alpha", "beta", "gamma"].into_iter().enumerate() {

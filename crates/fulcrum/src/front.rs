@@ -23,7 +23,7 @@ pub async fn client_address(
     service: &ServiceRuntime,
     buf: &mut BytesMut,
 ) -> Option<SocketAddr> {
-    debug_assert!(service.accept_proxy_protocol && service.trusts(peer.ip()));
+    debug_assert!(service.expects_proxy_header(peer.ip()));
     let deadline = tokio::time::Instant::now() + service.timeouts.request_headers;
     loop {
         match proxy::parse(buf) {

@@ -1,4 +1,4 @@
-//! A generation: the pools, client NAT pools and services one configuration
+//! A generation: the pools, SNAT pools and services one configuration
 //! runs as. A reload builds the next generation from the new model, taking
 //! over from the current one whatever did not change, so that state
 //! survives: a pool whose config is unchanged is the same runtime (health,
@@ -66,7 +66,7 @@ impl Generation {
                 Some((o, i))
             });
             match previous {
-                // Unchanged, down to its client NAT pool: the very same runtime.
+                // Unchanged, down to its SNAT pool: the very same runtime.
                 Some((o, i))
                     if o.model.pools[i] == *pool
                         && snat_of(&o.model, &o.model.pools[i]) == snat_of(&model, pool) =>

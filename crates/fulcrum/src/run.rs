@@ -30,7 +30,7 @@ pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
     // One worker: everything on this thread. More: this thread accepts,
     // checks and administers; the workers serve the sessions.
     let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let Some(runtime) = runtime(Some(1)) else { return ExitCode::FAILURE };
+    let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
     let pool = if workers > 1 {
         match crate::workers::Workers::start(workers) {
             Ok(pool) => Some(pool),
@@ -77,17 +77,14 @@ pub fn load(path: &Path) -> Result<Model, usize> {
     }
 }
 
-/// A runtime for one thread (`workers` = 1) or a multi-threaded one with
-/// `workers` threads (default: one per core), for the commands besides `run`.
-pub fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
-    let mut builder = if workers == Some(1) {
+/// A runtime on this thread alone (`run`'s main thread), or a multi-threaded
+/// one with a thread per core (`backend`, `agent`, `demo`).
+pub fn runtime(one_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    if let Some(n) = workers.filter(|&n| n > 1) {
-        builder.worker_threads(n);
-    }
     match builder.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {

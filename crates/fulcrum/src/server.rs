@@ -106,7 +106,7 @@ fn session(
             return;
         };
         let mut first = BytesMut::new();
-        let client = if service.accept_proxy_protocol && service.trusts(peer.ip()) {
+        let client = if service.expects_proxy_header(peer.ip()) {
             Box::pin(crate::front::client_address(&mut stream, peer, &service, &mut first)).await
         } else {
             Some(peer)

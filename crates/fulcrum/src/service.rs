@@ -151,6 +151,11 @@ impl ServiceRuntime {
         let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|n| n.contains(&peer))
     }
+
+    /// Whether a connection from `peer` must start with a PROXY header.
+    pub fn expects_proxy_header(&self, peer: IpAddr) -> bool {
+        self.accept_proxy_protocol && self.trusts(peer)
+    }
 }
 
 struct FileError {

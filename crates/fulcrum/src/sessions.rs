@@ -81,7 +81,7 @@ impl Meter<'_> {
     }
 }
 
-/// Records on `row` that the session now talks to backend `id` of `pool`
+/// Records on `row` that the session now talks to `up`'s backend of `pool`
 /// over `up`, and marks it established. The names are the pool's own,
 /// shared: a session allocates nothing for them.
 pub fn connected(row: &Session, pool: &PoolRuntime, up: &Upstream) {

@@ -1,4 +1,4 @@
-//! Client NAT pools as the daemon runs them: the core allocator behind a
+//! SNAT pools as the daemon runs them: the core allocator behind a
 //! lock, leases that give their address:port back when dropped, and a
 //! bounded wait for one when the pool is exhausted.
 //!
@@ -34,13 +34,13 @@ pub struct SnatRuntime {
     refusing: AtomicBool,
 }
 
-/// An address:port of a client NAT pool, held until dropped.
+/// An address:port of a SNAT pool, held until dropped.
 pub struct SnatLease {
     snat: Arc<SnatRuntime>,
     address: SocketAddrV4,
 }
 
-/// What the admin API shows of a client NAT pool.
+/// What the admin API shows of a SNAT pool.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SnatView {
     pub name: String,
@@ -142,7 +142,7 @@ impl SnatLease {
         self.address
     }
 
-    /// The client NAT pool it came from.
+    /// The SNAT pool it came from.
     pub fn pool(&self) -> &Arc<SnatRuntime> {
         &self.snat
     }

@@ -1,4 +1,4 @@
-//! What operators see and steer: the live services, pools and client NAT
+//! What operators see and steer: the live services, pools and SNAT
 //! pools (replaced whole on reload), the session table, and the way to ask
 //! for a reload. The admin API holds one `Shared`; the data path never
 //! reads it.

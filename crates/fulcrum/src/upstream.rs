@@ -24,7 +24,7 @@ pub struct PoolRuntime {
     /// The configuration this runtime was built from.
     pub model: Pool,
     pub backends: Vec<BackendRuntime>,
-    /// The client NAT pool backend connections take their source address
+    /// The SNAT pool backend connections take their source address
     /// from; `None` lets the kernel pick.
     pub snat: Option<Arc<SnatRuntime>>,
     selector: Box<dyn Selector>,
@@ -74,7 +74,7 @@ pub struct BackendRuntime {
 }
 
 struct Idle {
-    /// The connection with its client NAT lease, held while it idles.
+    /// The connection with its SNAT lease, held while it idles.
     up: Upstream,
     since: Instant,
     /// The worker whose runtime watches the connection: it is reused there.
@@ -88,7 +88,7 @@ pub struct Upstream {
     /// Taken from the idle pool: the backend may have closed it meanwhile,
     /// so a request that failed on it without any response may be retried.
     pub reused: bool,
-    /// The client NAT address:port `stream` is bound to: released when this
+    /// The SNAT address:port `stream` is bound to: released when this
     /// drops, so it goes wherever the stream goes.
     pub snat: Option<SnatLease>,
     /// Fulcrum's source address:port on this connection, read once at connect.
@@ -141,7 +141,7 @@ pub struct ConnectOptions {
 
 impl PoolRuntime {
     /// Builds the runtime of `pool`; `index` is unique in the process (it keys
-    /// persistence tables); `snat` is its client NAT pool, if any.
+    /// persistence tables); `snat` is its SNAT pool, if any.
     pub fn new(pool: &Pool, index: usize, snat: Option<Arc<SnatRuntime>>) -> Self {
         PoolRuntime {
             name: pool.name.as_str().into(),
@@ -444,7 +444,7 @@ impl PoolRuntime {
     }
 
     /// Returns a connection whose exchange ended cleanly to the idle pool
-    /// with the client NAT address:port it is bound to (released when the
+    /// with the SNAT address:port it is bound to (released when the
     /// connection is closed), closing pooled ones idle for `within` or longer.
     pub fn release(&self, up: Upstream, within: Duration) {
         if self.max_idle == 0 || self.model.proxy_protocol.is_some() {
@@ -462,7 +462,7 @@ impl PoolRuntime {
         idle.push(Idle { up, since: Instant::now(), worker: crate::workers::current() });
     }
 
-    /// Closes the pool's oldest idle connection, giving back its client NAT
+    /// Closes the pool's oldest idle connection, giving back its SNAT
     /// address:port; false when none idles.
     fn close_oldest_idle(&self) -> bool {
         let oldest = self

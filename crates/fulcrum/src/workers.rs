@@ -4,9 +4,10 @@
 //! reloads stay on the main thread's runtime.
 //!
 //! Why not tokio's multi-thread runtime: with two workers on this 2-core
-//! machine it served 1.01× the keep-alive rate of one worker (HAProxy's
-//! `nbthread 2`: 1.09×); its work stealing moves sessions and their
-//! wake-ups between threads. Here a session, its backend connections and
+//! machine it served 1.01× the keep-alive rate of one worker, against 1.16×
+//! this way (HAProxy's `nbthread 2`: 1.09× and 1.21× in the same two runs,
+//! bench/RESULTS.md); its work stealing moves sessions and their wake-ups
+//! between threads. Here a session, its backend connections and
 //! their timers stay on one thread, as in HAProxy and NGINX.
 
 use std::cell::Cell;
@@ -42,13 +43,13 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
-            let thread =
-                std::thread::Builder::new().name(format!("fulcrum-worker-{i}")).spawn(move || {
-                    WORKER.with(|w| w.set(i));
-                    runtime.block_on(stop.cancelled());
-                    // Sessions still running after the grace period are cut here.
-                    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-                })?;
+            // "worker-N" fits the 15 bytes the kernel keeps of a thread's name.
+            let thread = std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
+                WORKER.with(|w| w.set(i));
+                runtime.block_on(stop.cancelled());
+                // Sessions still running after the grace period are cut here.
+                runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            })?;
             threads.push(thread);
         }
         if HANDLES.set(handles).is_err() {

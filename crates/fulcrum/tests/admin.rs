@@ -7,21 +7,10 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Fulcrum};
+use common::{admin_config as config, Backend, Fulcrum};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// An http service `web` over `backends`, the admin API on a free port, and
-/// `admin_extra` lines in `[admin]`.
-fn config(backends: &[(&str, SocketAddr)], admin_extra: &str) -> String {
-    let backends: Vec<(&str, SocketAddr, u32)> = backends.iter().map(|&(n, a)| (n, a, 1)).collect();
-    let pool = "algorithm = \"round_robin\"\n[pool.health]\nkind = \"none\"\n";
-    format!(
-        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n",
-        common::config("http", &backends, "", pool)
-    )
-}
 
 /// A running Fulcrum and its admin address (the last listening line).
 struct Lb {

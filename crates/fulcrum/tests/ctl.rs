@@ -7,17 +7,8 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
 
-use common::{bin, Backend, Fulcrum};
+use common::{admin_config as config, bin, Backend, Fulcrum};
 use serde_json::Value;
-
-fn config(backends: &[(&str, SocketAddr)], admin_extra: &str) -> String {
-    let backends: Vec<(&str, SocketAddr, u32)> = backends.iter().map(|&(n, a)| (n, a, 1)).collect();
-    let pool = "algorithm = \"round_robin\"\n[pool.health]\nkind = \"none\"\n";
-    format!(
-        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n",
-        common::config("http", &backends, "", pool)
-    )
-}
 
 struct Lb {
     f: Fulcrum,

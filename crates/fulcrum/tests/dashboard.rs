@@ -185,7 +185,7 @@ async fn the_dashboard_shows_a_backend_going_down_and_a_drain_taking_effect() {
     // web1's host runs a load agent, so the load column has a report to show.
     let agent = Agent::start(&[]);
     // A fast tcp check, so a dead backend is down in a few hundred ms; a
-    // client NAT pool on addresses no other test uses, for the SNAT panel.
+    // SNAT pool on addresses no other test uses, for the SNAT panel.
     let pool = "algorithm = \"round_robin\"\nsnat = \"to-servers\"\n\
                 [pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
     // Mutating calls need a token: the page must send the one the operator types.
@@ -256,7 +256,7 @@ async fn the_dashboard_shows_a_backend_going_down_and_a_drain_taking_effect() {
                 Some("—"),
                 "no agent, no load"
             );
-            // The clients still connected hold source ports of the client NAT pool.
+            // The clients still connected hold source ports of the SNAT pool.
             eventually("SNAT usage shown", || async {
                 match text(&client, "#snat-to-servers .allocated").await {
                     Some(t) if t.parse::<u32>().is_ok_and(|n| n >= 3) => Ok(()),

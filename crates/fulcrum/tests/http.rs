@@ -248,13 +248,7 @@ fn stream_through(f: &Fulcrum, total: u64) -> u64 {
         let (peak, done) = (peak.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let rss = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0);
-                peak.fetch_max(rss, std::sync::atomic::Ordering::SeqCst);
+                peak.fetch_max(common::rss_kib(pid), std::sync::atomic::Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })

@@ -121,6 +121,15 @@ fn two_workers_serve_and_shut_down() {
         s.read_to_string(&mut out).expect("read");
         assert!(out.starts_with("HTTP/1.1 200 ") && out.ends_with("b\n"), "{out}");
     }
+    // Each worker has served a connection by now, so each has named its thread.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", f.proc.child.id()))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    for worker in ["worker-0", "worker-1"] {
+        assert!(threads.iter().any(|t| t == worker), "no thread {worker} in {threads:?}");
+    }
     // SIGTERM stops the workers too: the process exits, and with 0.
     // SAFETY: kill(2) on the pid of a child this test started and still owns.
     unsafe { libc::kill(f.proc.child.id() as i32, libc::SIGTERM) };

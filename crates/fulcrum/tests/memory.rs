@@ -12,7 +12,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{raw, read_response, Backend, Fulcrum};
+use common::{raise_fd_limit, raw, read_response, Backend, Fulcrum};
 use serde_json::Value;
 
 /// Idle client connections Fulcrum holds at once: enough that the cost per
@@ -30,23 +30,6 @@ const CONNECTIONS: usize = 2_000;
 const MAX_KIB_PER_CONNECTION: f64 = 3.0;
 /// Bound on each wait for an event (connections held, responses counted).
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Raises this process's soft open-file limit to its hard limit (Fulcrum,
-/// its child, inherits it) and returns the new soft limit.
-fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit on this process with a valid, owned struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return 0;
-        }
-    }
-    lim.rlim_cur
-}
 
 /// Turns transparent huge pages off for this process and the Fulcrum it
 /// starts (the setting is inherited across fork and exec). mimalloc asks for

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{config, raw, Backend, Fulcrum};
+use common::{config, fd_count, raise_fd_limit, raw, rss_kib, Backend, Fulcrum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -36,36 +36,6 @@ const RSS_CAP_KIB: u64 = 200 * 1024;
 /// The bound on one request of the normal client: not a benchmark, a "was
 /// it starved" check; the measured figures are printed.
 const NORMAL_LIMIT: Duration = Duration::from_secs(1);
-
-/// Raises this process's soft open-file limit to its hard limit (Fulcrum
-/// children inherit it) and returns the new soft limit.
-fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit on this process with a valid, owned struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return 0;
-        }
-    }
-    lim.rlim_cur
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// One sample of Fulcrum's footprint.
 #[derive(Clone, Copy)]
@@ -508,9 +478,10 @@ fn stalled_upload(addr: SocketAddr) -> (Duration, String) {
 #[test]
 fn a_body_that_stops_midway_is_closed_after_client_idle_and_leaks_nothing() {
     let (b, f) = limits_fulcrum("[service.timeouts]\nclient_idle = \"500ms\"");
-    // Sessions go to the workers in turn and each worker pools its own
-    // backend connections: a few uploads give every worker its one.
-    for _ in 0..4 {
+    // Sessions go to the workers (one per core) in turn and each worker
+    // pools its own backend connections: two rounds give every worker its one.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    for _ in 0..2 * workers {
         let warm = full_upload(f.addr());
         assert!(warm.starts_with("HTTP/1.1 200 ") && warm.contains("x-body-bytes: 1000"), "{warm}");
     }

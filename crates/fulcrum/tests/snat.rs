@@ -1,4 +1,4 @@
-//! Client NAT pools, black-box: backend connections leave from the pool's
+//! SNAT pools, black-box: backend connections leave from the pool's
 //! addresses and ports, spread over its addresses; an exhausted pool refuses
 //! (a close in tcp mode, a 503 in http mode) or holds a session for its
 //! `wait`; a released address:port is used again.

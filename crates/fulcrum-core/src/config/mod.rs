@@ -15,7 +15,7 @@
 //! `validate` checks what spans tables. The
 //! schema itself (keys, types, defaults) is documented in
 //! `examples/quickstart.toml` (routing in `examples/routing.toml` and
-//! `examples/sni.toml`, client NAT pools in `examples/snat.toml`) and at the
+//! `examples/sni.toml`, SNAT pools in `examples/snat.toml`) and at the
 //! top of each reader.
 
 mod checks;

@@ -1,4 +1,4 @@
-//! `[[snat_pool]]`, a client NAT pool: the source addresses and ports
+//! `[[snat_pool]]`, a SNAT pool: the source addresses and ports
 //! Fulcrum binds its backend connections to, for the pools that name it
 //! with `snat = NAME`. What one table says is checked here (an address
 //! range inside one network, a port range, blocks that fit); names and

@@ -327,6 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_and_earlier_hops_are_forwarded() {
+        let head = parse_request(
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: \r\nX-Forwarded-For: 2.2.2.2\r\nForwarded: for=1.1.1.1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let info = ClientInfo {
+            client: "[2001:db8::1]:5000".parse().unwrap(),
+            listener: "[::1]:80".parse().unwrap(),
+        };
+        let mut out = Vec::new();
+        write_request_head(&head, &info, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 2001:db8::1\r\n"), "{out}");
+        assert!(
+            out.contains("Forwarded: for=1.1.1.1, for=\"[2001:db8::1]\";by=\"[::1]\";proto=http\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("X-Forwarded-For").count(), 1, "{out}");
+    }
+
+    #[test]
     fn strips_hop_by_hop_and_adds_forwarding() {
         let out = forward(
             "GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: s\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n",

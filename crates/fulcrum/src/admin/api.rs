@@ -1,5 +1,5 @@
 //! The JSON API under `/api/v1/`: what the daemon runs (services, pools and
-//! the server state table, sessions, client NAT pools) and the two things an
+//! the server state table, sessions, SNAT pools) and the two things an
 //! operator steers (a backend's target state, a reload).
 //!
 //! Field names are the lexicon's: service, pool, backend, health, target,
@@ -152,7 +152,7 @@ fn service_counters(st: &ServiceStats) -> ServiceCounters {
 pub struct PoolView {
     pub name: String,
     pub algorithm: Algorithm,
-    /// The client NAT pool backend connections take their source from.
+    /// The SNAT pool backend connections take their source from.
     pub snat: Option<String>,
     pub backends: Vec<BackendView>,
 }
@@ -296,7 +296,7 @@ pub async fn sessions(
 
 // -------------------------------------------------------------------- snat
 
-/// A client NAT pool: its allocation state and counters, and the pools using it.
+/// A SNAT pool: its allocation state and counters, and the pools using it.
 #[derive(Serialize)]
 pub struct SnatPoolView {
     #[serde(flatten)]
@@ -305,7 +305,7 @@ pub struct SnatPoolView {
     pub pools: Vec<String>,
 }
 
-/// `GET /api/v1/snat`: per client NAT pool its addresses, blocks held, free
+/// `GET /api/v1/snat`: per SNAT pool its addresses, blocks held, free
 /// port intervals per address, allocated and capacity, and the counters of
 /// sessions that waited for a source address or were refused for want of one.
 pub async fn snat(State(app): State<AppState>) -> Json<Vec<SnatPoolView>> {

@@ -241,7 +241,7 @@ impl Collector for Collect {
             }
         }
 
-        // Client NAT pools: one allocator lock each, for one consistent reading.
+        // SNAT pools: one allocator lock each, for one consistent reading.
         let snat: Vec<_> = live.snat.iter().map(|s| (vec![("snat_pool", &*s.name)], s.stats(), s)).collect();
         gauges(
             &mut enc,

@@ -84,13 +84,40 @@ impl Proc {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_kib(self.child.id())
     }
+}
+
+/// Resident set size of process `pid` in KiB, from /proc (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of process `pid`, from /proc (0 once it is gone).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Raises this process's soft open-file limit to its hard limit (the
+/// Fulcrum it starts inherits it) and returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on this process with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return 0;
+        }
+    }
+    lim.rlim_cur
 }
 
 impl Drop for Proc {
@@ -463,4 +490,12 @@ impl Fulcrum {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// An http service `web` over `backends` (weight 1, round robin, no health
+/// checks), the admin API on a free port, and `admin_extra` lines in `[admin]`.
+pub fn admin_config(backends: &[(&str, SocketAddr)], admin_extra: &str) -> String {
+    let backends: Vec<(&str, SocketAddr, u32)> = backends.iter().map(|&(n, a)| (n, a, 1)).collect();
+    let pool = "algorithm = \"round_robin\"\n[pool.health]\nkind = \"none\"\n";
+    format!("{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n", config("http", &backends, "", pool))
 }

@@ -1,7 +1,7 @@
 //! Unit tests of `load`: the model a valid file gives (`mod.rs`), each error
 //! (`errors.rs`), the health and load keys (`checks.rs`), routes
 //! (`routes.rs`), persistence (`persistence.rs`), policy and client
-//! addresses (`policy.rs`), client NAT pools and the admin and runtime keys
+//! addresses (`policy.rs`), SNAT pools and the admin and runtime keys
 //! (`snat.rs`), and that no text makes `load` panic (`props.rs`).
 
 mod checks;
