@@ -183,17 +183,21 @@ def main():
             print(f"| {shown} | {unit} | {path} | {fmt(metric, m)} | {vs} | {spread} | {' | '.join(cpu)} |")
 
     scaling = [(p2, p1) for p2, p1 in TWO_WORKERS.items() if p2 in paths]
-    if scaling:
+    for workload, what in (("http_keepalive", "Keep-alive"), ("http_close", "Connection per request")):
+        pairs = [(p2, p1) for p2, p1 in scaling if med(p2, workload, "rps") is not None]
+        if not pairs:
+            continue
         print()
-        print("Keep-alive scaling, 1 → 2 worker threads (wrk -t1 on the same 2 cores; read the CPU columns above):")
+        print(f"{what} scaling, 1 → 2 worker threads (wrk -t1 on the same 2 cores; read the CPU columns above):")
         print()
         print("| proxy | 1 worker req/s | 2 workers req/s | 2 / 1 | vs haproxy2 |")
         print("|---|---:|---:|---:|---:|")
-        h2 = med("haproxy2", "http_keepalive", "rps")
-        for p2, p1 in scaling:
-            one = med(p1, "http_keepalive", "rps")
-            two = med(p2, "http_keepalive", "rps")
+        h2 = med("haproxy2", workload, "rps")
+        for p2, p1 in pairs:
+            one = med(p1, workload, "rps")
+            two = med(p2, workload, "rps")
             print(f"| {p1} | {fmt('rps', one)} | {fmt('rps', two)} | {ratio(two, one)} | {ratio(two, h2)} |")
+
 
 if __name__ == "__main__":
     main()

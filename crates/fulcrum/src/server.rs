@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use fulcrum_core::http::error_response;
 use fulcrum_core::model::{Limits, Mode, OnLimit};
 use futures_util::FutureExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -53,10 +54,20 @@ pub async fn accept_loop(
     sessions: TaskTracker,
 ) {
     let Ok(local) = listener.local_addr() else { return };
+    // SAFETY: the std listener owns its descriptor and keeps it open and
+    // unchanged for as long as the AsyncFd owns the listener.
+    let watched = |l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) };
+    let listener = match listener.into_std().and_then(|l| watched(l).map_err(std::io::Error::from)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(address = %local, error = %e, "cannot accept on this listener");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
-            r = listener.accept() => r,
+            r = accept(&listener) => r,
         };
         let service = slot.load_full();
         let (stream, peer) = match accepted {
@@ -70,17 +81,43 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shutdown = shutdown.clone();
-        let Some(worker) = crate::workers::pick() else {
-            sessions.spawn(guarded(session(stream, peer, local, service, shutdown)));
-            continue;
+        // Registered with the reactor of the runtime that serves the session:
+        // a worker's, or this one's without workers.
+        let here = async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => session(stream, peer, local, service, shutdown).await,
+                Err(e) => {
+                    tracing::warn!(service = %service.name, client = %peer, error = %e, "accepted connection dropped: its socket could not be watched")
+                }
+            }
         };
-        // Moved to the worker's runtime: its reactor watches the socket from now on.
-        let Ok(stream) = stream.into_std() else { continue };
-        let moved = async move {
-            let Ok(stream) = TcpStream::from_std(stream) else { return };
-            session(stream, peer, local, service, shutdown).await;
+        match crate::workers::pick() {
+            Some(worker) => sessions.spawn_on(guarded(here), worker),
+            None => sessions.spawn(guarded(here)),
         };
-        sessions.spawn_on(guarded(moved), worker);
+    }
+}
+
+/// Accepts one connection, leaving its socket unwatched: it is watched by
+/// the runtime that will serve it, often a worker's. Tokio's own `accept`
+/// would register it with this thread's epoll, and moving it to a worker
+/// would deregister it again: two wasted epoll_ctl calls per connection.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|l| {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let (socket, peer) = socket2::SockRef::from(l.get_ref()).accept4(flags)?;
+            let peer = peer
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("accepted a connection with no IP address"))?;
+            Ok((socket.into(), peer))
+        });
+        if let Ok(result) = accepted {
+            return result;
+        }
     }
 }
 
