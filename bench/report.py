@@ -79,7 +79,7 @@ def main():
             meta[k] = v
     samples = defaultdict(list)  # (path, workload, metric) -> [float | None]
     latency_max = []  # the 100% rate of the latency workload, one per round
-    latency_src = []  # where each came from: haproxy, LATENCY_MAX, median-of-..., calibrated-on-...
+    latency_src = []  # where each came from: oha-closed-loop-on-PATH or LATENCY_MAX (haproxy in older runs)
     for line in (out / "results.tsv").read_text().splitlines():
         if not line.strip():
             continue
@@ -121,11 +121,11 @@ def main():
             f"{load}% = {statistics.median(latency_max) * int(load) / 100:,.0f} req/s"
             for load in meta.get("latency_loads", "50 90").split()
         )
-        sources = sorted(set(latency_src) - {"haproxy"})
+        sources = sorted(set(latency_src) - {"haproxy", "oha-closed-loop-on-haproxy"})
         print(
             f"HTTP latency: open loop, `oha -c{meta.get('conns', '?')} -q RATE --latency-correction "
             f"-z{meta.get('duration', '?')}s` (oha {meta.get('oha') or '?'}); RATE is a share of HAProxy's "
-            f"keep-alive maximum of the same round (median 100% = {statistics.median(latency_max):,.0f} "
+            f"keep-alive maximum under oha (closed loop, -c{meta.get('conns', '?')}) in the same round (median 100% = {statistics.median(latency_max):,.0f} "
             f"req/s: {loads})"
             + (
                 "; **fixed by LATENCY_MAX**"

@@ -11,9 +11,12 @@ mod body;
 mod persistence;
 mod record;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -217,14 +220,23 @@ async fn read_request(
 /// the buffer only then: an idle connection holds none. A new socket reads
 /// as ready before any byte came, so a read that would block gives the
 /// buffer back and waits again.
+///
+/// The read goes through `poll_read`, not `try_read_buf`: tokio takes a read
+/// that leaves part of the buffer empty as proof that the socket is drained
+/// only there, so after each request the next wait goes to epoll rather than
+/// to a read that would block (one recvfrom per keep-alive request, seen
+/// with strace).
 async fn read_when_ready(client: &mut Client) -> std::io::Result<usize> {
     loop {
         // poll_read_ready, not readable(): no waiter node in this future's state.
         std::future::poll_fn(|cx| client.stream.poll_read_ready(cx)).await?;
         client.buf.reserve(8 * 1024);
-        match client.stream.try_read_buf(&mut client.buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => client.buf = BytesMut::new(),
-            read => return read,
+        let once = std::future::poll_fn(|cx| {
+            Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf))
+        });
+        match once.await {
+            Poll::Ready(read) => return read,
+            Poll::Pending => client.buf = BytesMut::new(),
         }
     }
 }
@@ -441,12 +453,7 @@ async fn relay(
     let t = &service.timeouts;
     let stats = &pool.backend(up.backend).stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
-    // Let every other session with a request ready read it first, so the
-    // requests go to the backends in one burst: a backend woken once then
-    // finds several. Sent at once, each wakes a backend (and preempts
-    // Fulcrum) on its own: measured 39-40k req/s against HAProxy's 46k,
-    // and 46k with this yield (one worker, 50 connections, bench/run's set-up).
-    tokio::task::yield_now().await;
+    join_burst().await;
     if let Err(e) = body::write(&mut up.stream, out, t.backend_response).await {
         return Err(if up.reused { Failure::Stale } else { Failure::Backend(e.to_string()) });
     }
@@ -600,6 +607,27 @@ async fn relay(
             .any(|h| h.is("transfer-encoding") || (h.is("content-length") && h.value.trim_ascii() != b"0"));
     let reusable = response.keep_alive && request_done && bbuf.is_empty() && !announced;
     Ok(Relayed::Response { status, keep_client: keep_client && request_done, reusable, broken: false })
+}
+
+/// Before a request goes to its backend: lets every other session with a
+/// request ready read it first, so the requests go to the backends in one
+/// burst and a backend woken once finds several. Sent at once, each wakes a
+/// backend (and preempts Fulcrum) on its own: measured 39-40k req/s against
+/// HAProxy's 46k, and 46k with the yield (one worker, 50 connections,
+/// bench/run's set-up).
+///
+/// Only a request that is not the first one read since this thread last
+/// waited for events yields: a lone request goes at once, as a yield costs
+/// an extra epoll_wait (timeout 0) and finds no one to batch with.
+async fn join_burst() {
+    thread_local! {
+        /// The runtime's park count when this thread last sent a request.
+        static SENT_AT_PARK: Cell<u64> = const { Cell::new(u64::MAX) };
+    }
+    let parks = tokio::runtime::Handle::current().metrics().worker_park_count(0);
+    if SENT_AT_PARK.with(|at| at.replace(parks)) == parks {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Reads until a whole response head is in `buf`. `Err(None)` is a close or
