@@ -95,13 +95,17 @@ impl Listeners {
             println!("listening service={} address={local}", service.name);
             let service = Arc::new(ArcSwap::new(service));
             let stop = shutdown.child_token();
-            tokio::spawn(crate::server::accept_loop(
+            let accepting = crate::server::accept_loop(
                 listener,
                 service.clone(),
                 stop.clone(),
                 shutdown.clone(),
                 sessions.clone(),
-            ));
+            );
+            match crate::workers::acceptor() {
+                Some(worker) => worker.spawn(accepting),
+                None => tokio::spawn(accepting),
+            };
             slots.push(Slot { key, local, service, stop });
         }
         self.slots = slots;
