@@ -191,21 +191,10 @@ async fn read_request(
             }
         }
         let deadline = started.map_or(idle_deadline, |s| s + t.request_headers);
-        let read = if client.buf.capacity() == 0 {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(None),
-                r = tokio::time::timeout_at(deadline, read_when_ready(client)) => r,
-            }
-        } else {
-            if client.buf.capacity() - client.buf.len() < 4096 {
-                client.buf.reserve(8 * 1024);
-            }
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled(), if started.is_none() => return Ok(None),
-                r = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf)) => r,
-            }
+        let read = tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if started.is_none() => return Ok(None),
+            r = tokio::time::timeout_at(deadline, read_when_ready(client)) => r,
         };
         match read {
             Err(_) if started.is_none() => return Ok(None),
@@ -218,7 +207,7 @@ async fn read_request(
 
 /// Reads into the client's buffer once the connection is readable, taking
 /// the buffer only then: an idle connection holds none. A new socket reads
-/// as ready before any byte came, so a read that would block gives the
+/// as ready before any byte came, so a read that would block gives an empty
 /// buffer back and waits again.
 ///
 /// The read goes through `poll_read`, not `try_read_buf`: tokio takes a read
@@ -230,13 +219,16 @@ async fn read_when_ready(client: &mut Client) -> std::io::Result<usize> {
     loop {
         // poll_read_ready, not readable(): no waiter node in this future's state.
         std::future::poll_fn(|cx| client.stream.poll_read_ready(cx)).await?;
-        client.buf.reserve(8 * 1024);
+        if client.buf.capacity() - client.buf.len() < 4096 {
+            client.buf.reserve(8 * 1024);
+        }
         let once = std::future::poll_fn(|cx| {
             Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.buf))
         });
         match once.await {
             Poll::Ready(read) => return read,
-            Poll::Pending => client.buf = BytesMut::new(),
+            Poll::Pending if client.buf.is_empty() => client.buf = BytesMut::new(),
+            Poll::Pending => {}
         }
     }
 }
