@@ -93,10 +93,22 @@ def read_response(s):
     return status
 
 
+def settle(pid, limit=5.0):
+    """Waits until the proxy's RSS stops changing (equal over 100 ms), at most `limit` s:
+    it is still setting up the last connections accepted, or freeing the closed ones."""
+    last, deadline = rss_kib(pid), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = rss_kib(pid)
+        if now == last:
+            return
+        last = now
+
+
 def measure(args):
     pid = args.pid
     result = {"pid": pid, "port": args.port, "requested": args.conns, "per_source": args.per_source}
-    time.sleep(0.5)
+    settle(pid)
     result["fds_before"] = fd0 = fd_count(pid)
     result["rss_before_kib"] = rss_kib(pid)
     progress(f"pid {pid}: before: RSS {result['rss_before_kib']} KiB, {fd0} fds")
@@ -125,7 +137,7 @@ def measure(args):
     result["open_failures"] = failures
     result["open_secs"] = round(time.monotonic() - t0, 3)
     fds = wait_fds(pid, lambda n: n >= fd0 + len(socks), args.wait)
-    time.sleep(0.5)  # accepted is not yet set up: let the proxy finish with the last ones
+    settle(pid)
     result["fds_fresh"] = fds
     result["held_fresh"] = min(len(socks), fds - fd0)
     result["rss_fresh_kib"] = rss_kib(pid)
@@ -150,7 +162,7 @@ def measure(args):
     result["requests_ok"] = good
     result["requests_failed"] = bad
     result["request_secs"] = round(time.monotonic() - t0, 3)
-    time.sleep(0.5)
+    settle(pid)
     result["fds_request"] = fd_count(pid)
     result["rss_request_kib"] = rss_kib(pid)
     progress(
@@ -163,7 +175,7 @@ def measure(args):
     socks.clear()
     # The proxy keeps its pooled backend connections: allow for a few above the baseline.
     fds = wait_fds(pid, lambda n: n <= fd0 + 8, args.wait)
-    time.sleep(0.5)
+    settle(pid)
     result["fds_closed"] = fd_count(pid)
     result["rss_closed_kib"] = rss_kib(pid)
     progress(f"closed: RSS {result['rss_closed_kib']} KiB, {result['fds_closed']} fds")

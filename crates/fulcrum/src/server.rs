@@ -80,20 +80,10 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shutdown = shutdown.clone();
-        // Registered with the reactor of the runtime that serves the session:
-        // a worker's, or this one's without workers.
-        let here = async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => session(stream, peer, local, service, shutdown).await,
-                Err(e) => {
-                    tracing::warn!(service = %service.name, client = %peer, error = %e, "accepted connection dropped: its socket could not be watched")
-                }
-            }
-        };
+        let session = guarded(session(stream, peer, local, service, shutdown.clone()));
         match crate::workers::pick() {
-            Some(worker) => sessions.spawn_on(guarded(here), worker),
-            None => sessions.spawn(guarded(here)),
+            Some(worker) => sessions.spawn_on(session, worker),
+            None => sessions.spawn(session),
         };
     }
 }
@@ -121,10 +111,12 @@ async fn accept(
     }
 }
 
-/// One session from its admission to its end.
+/// One session from its admission to its end. `stream` is registered with
+/// the reactor of the runtime that runs the session: a worker's, or the
+/// accepting one's without workers.
 #[allow(clippy::manual_async_fn)] // an async fn would keep its arguments twice in every session task
 fn session(
-    mut stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     service: Arc<ServiceRuntime>,
@@ -132,6 +124,13 @@ fn session(
 ) -> impl Future<Output = ()> + Send {
     // An async block, not an async fn: see `l7::serve`.
     async move {
+        let mut stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = "accepted connection dropped: its socket could not be watched";
+                return tracing::warn!(service = %service.name, client = %peer, error = %e, "{why}");
+            }
+        };
         crate::front::count_accepted(&service);
         let Some(_global) = admit_global().await else {
             crate::front::count_refused_at_limit(&service);
