@@ -94,21 +94,25 @@ def read_response(s):
 
 
 def settle(pid, limit=5.0):
-    """Waits until the proxy's RSS stops changing (equal over 100 ms), at most `limit` s:
-    it is still setting up the last connections accepted, or freeing the closed ones."""
-    last, deadline = rss_kib(pid), time.monotonic() + limit
+    """Waits until the proxy's RSS stops changing (equal over two 100 ms steps), at most
+    `limit` s: it is still setting up the last connections accepted, or freeing the closed
+    ones. Returns whether it settled."""
+    last, steady, deadline = rss_kib(pid), 0, time.monotonic() + limit
     while time.monotonic() < deadline:
         time.sleep(0.1)
         now = rss_kib(pid)
-        if now == last:
-            return
+        steady = steady + 1 if now == last else 0
+        if steady >= 2:
+            return True
         last = now
+    progress(f"pid {pid}: RSS still changing after {limit} s; read anyway")
+    return False
 
 
 def measure(args):
     pid = args.pid
     result = {"pid": pid, "port": args.port, "requested": args.conns, "per_source": args.per_source}
-    settle(pid)
+    result["settled_before"] = settle(pid)
     result["fds_before"] = fd0 = fd_count(pid)
     result["rss_before_kib"] = rss_kib(pid)
     progress(f"pid {pid}: before: RSS {result['rss_before_kib']} KiB, {fd0} fds")
@@ -137,7 +141,7 @@ def measure(args):
     result["open_failures"] = failures
     result["open_secs"] = round(time.monotonic() - t0, 3)
     fds = wait_fds(pid, lambda n: n >= fd0 + len(socks), args.wait)
-    settle(pid)
+    result["settled_fresh"] = settle(pid)
     result["fds_fresh"] = fds
     result["held_fresh"] = min(len(socks), fds - fd0)
     result["rss_fresh_kib"] = rss_kib(pid)
@@ -162,7 +166,7 @@ def measure(args):
     result["requests_ok"] = good
     result["requests_failed"] = bad
     result["request_secs"] = round(time.monotonic() - t0, 3)
-    settle(pid)
+    result["settled_request"] = settle(pid)
     result["fds_request"] = fd_count(pid)
     result["rss_request_kib"] = rss_kib(pid)
     progress(
@@ -175,7 +179,7 @@ def measure(args):
     socks.clear()
     # The proxy keeps its pooled backend connections: allow for a few above the baseline.
     fds = wait_fds(pid, lambda n: n <= fd0 + 8, args.wait)
-    settle(pid)
+    result["settled_closed"] = settle(pid)
     result["fds_closed"] = fd_count(pid)
     result["rss_closed_kib"] = rss_kib(pid)
     progress(f"closed: RSS {result['rss_closed_kib']} KiB, {result['fds_closed']} fds")

@@ -122,10 +122,12 @@ def main():
             for load in meta.get("latency_loads", "50 90").split()
         )
         sources = sorted(set(latency_src) - {"haproxy", "oha-closed-loop-on-haproxy"})
+        # Runs before the oha calibration took HAProxy's wrk maximum (source "haproxy").
+        client = "wrk, in its `http_keepalive` run" if "haproxy" in latency_src else "oha (closed loop, -c" + meta.get("conns", "?") + ")"
         print(
             f"HTTP latency: open loop, `oha -c{meta.get('conns', '?')} -q RATE --latency-correction "
             f"-z{meta.get('duration', '?')}s` (oha {meta.get('oha') or '?'}); RATE is a share of HAProxy's "
-            f"keep-alive maximum under oha (closed loop, -c{meta.get('conns', '?')}) in the same round (median 100% = {statistics.median(latency_max):,.0f} "
+            f"keep-alive maximum under {client} in the same round (median 100% = {statistics.median(latency_max):,.0f} "
             f"req/s: {loads})"
             + (
                 "; **fixed by LATENCY_MAX**"

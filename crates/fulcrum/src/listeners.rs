@@ -8,12 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::generation::Generation;
-use crate::server::BindError;
+use crate::server::{BindError, SessionListener};
 use crate::service::ServiceRuntime;
 
 /// Which configured listener a socket is. A configured port 0 (the OS
@@ -44,7 +43,7 @@ pub struct Plan {
     /// Kept listeners (index into `slots`) and their new service.
     keep: Vec<(usize, Arc<ServiceRuntime>)>,
     /// Newly bound listeners.
-    add: Vec<(Key, TcpListener, Arc<ServiceRuntime>)>,
+    add: Vec<(Key, SessionListener, Arc<ServiceRuntime>)>,
 }
 
 impl Listeners {
@@ -62,7 +61,7 @@ impl Listeners {
                 match self.slots.iter().position(|s| s.key == key) {
                     Some(i) => plan.keep.push((i, service.clone())),
                     None => {
-                        let listener = crate::server::listen(address).map_err(|source| {
+                        let listener = crate::server::listen_for_sessions(address).map_err(|source| {
                             BindError::Listen { service: model.name.clone(), address, source }
                         })?;
                         plan.add.push((key, listener, service.clone()));
@@ -91,7 +90,7 @@ impl Listeners {
             }
         }
         for (key, listener, service) in plan.add {
-            let Ok(local) = listener.local_addr() else { continue };
+            let Ok(local) = listener.get_ref().local_addr() else { continue };
             println!("listening service={} address={local}", service.name);
             let service = Arc::new(ArcSwap::new(service));
             let stop = shutdown.child_token();

@@ -27,8 +27,8 @@ pub fn main(path: &Path, workers: Option<usize>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // One worker: everything on this thread. More: this thread accepts,
-    // checks and administers; the workers serve the sessions.
+    // One worker: everything on this thread. More: this thread checks and
+    // administers; the first worker accepts, and the workers serve the sessions.
     let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
     let pool = if workers > 1 {

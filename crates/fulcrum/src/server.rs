@@ -30,7 +30,7 @@ pub enum BindError {
 }
 
 /// Binds a listening socket the way every listener is bound.
-pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     // Lets a restarted Fulcrum bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
@@ -40,30 +40,40 @@ pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// A bound listener for the admin API, on this thread's runtime.
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind(address)?)
+}
+
+/// A service's listening socket, watched by the runtime that will run its
+/// accept loop ([`accept_loop`]): the first worker's, or this one without
+/// workers. Registered here rather than in the loop, so that a failure
+/// refuses the configuration like a failed bind.
+pub type SessionListener = AsyncFd<std::net::TcpListener>;
+
+/// Binds and registers a [`SessionListener`].
+pub fn listen_for_sessions(address: SocketAddr) -> std::io::Result<SessionListener> {
+    let listener = bind(address)?;
+    let _acceptor = crate::workers::acceptor().map(|worker| worker.enter());
+    // SAFETY: the std listener owns its descriptor and keeps it open and
+    // unchanged for as long as the AsyncFd owns the listener.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(std::io::Error::from)
 }
 
 /// Accepts connections until `stop` (this listener removed, or shutdown).
 /// Each connection is served by the service the slot holds when it is
 /// accepted, so a reload applies from the next connection on.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: SessionListener,
     slot: Arc<arc_swap::ArcSwap<ServiceRuntime>>,
     stop: CancellationToken,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
-    let Ok(local) = listener.local_addr() else { return };
-    // SAFETY: the std listener owns its descriptor and keeps it open and
-    // unchanged for as long as the AsyncFd owns the listener.
-    let watched = |l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) };
-    let listener = match listener.into_std().and_then(|l| watched(l).map_err(std::io::Error::from)) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(address = %local, error = %e, "cannot accept on this listener");
-            return;
-        }
-    };
+    let Ok(local) = listener.get_ref().local_addr() else { return };
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -79,12 +89,18 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        if stop.is_cancelled() {
+            return; // shutting down: the tracker may be closed already, so no new session
+        }
         let _ = stream.set_nodelay(true);
         let session = guarded(session(stream, peer, local, service, shutdown.clone()));
         match crate::workers::pick() {
             Some(worker) => sessions.spawn_on(session, worker),
             None => sessions.spawn(session),
         };
+        // A burst of connections must not keep this runtime's sessions and
+        // timers waiting: readiness alone spends no cooperative budget.
+        tokio::task::coop::consume_budget().await;
     }
 }
 
@@ -92,9 +108,7 @@ pub async fn accept_loop(
 /// the runtime that will serve it, often a worker's. Tokio's own `accept`
 /// would register it with this thread's epoll, and moving it to a worker
 /// would deregister it again: two wasted epoll_ctl calls per connection.
-async fn accept(
-    listener: &AsyncFd<std::net::TcpListener>,
-) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+async fn accept(listener: &SessionListener) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
     loop {
         let mut ready = listener.readable().await?;
         let accepted = ready.try_io(|l| {

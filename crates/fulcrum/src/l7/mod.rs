@@ -608,16 +608,24 @@ async fn relay(
 /// HAProxy's 46k, and 46k with the yield (one worker, 50 connections,
 /// bench/run's set-up).
 ///
-/// Only a request that is not the first one read since this thread last
-/// waited for events yields: a lone request goes at once, as a yield costs
-/// an extra epoll_wait (timeout 0) and finds no one to batch with.
+/// On a current-thread runtime (`run`'s), only a request that is not the
+/// first one sent since the thread last blocked waiting for events yields:
+/// a lone request goes at once, as a yield costs an extra epoll_wait
+/// (timeout 0) and finds no one to batch with. The park count counts only
+/// those blocking waits, not the epoll_wait a yield causes. Elsewhere (the
+/// multi-thread runtime of `demo`) every request yields.
 async fn join_burst() {
     thread_local! {
         /// The runtime's park count when this thread last sent a request.
         static SENT_AT_PARK: Cell<u64> = const { Cell::new(u64::MAX) };
     }
-    let parks = tokio::runtime::Handle::current().metrics().worker_park_count(0);
-    if SENT_AT_PARK.with(|at| at.replace(parks)) == parks {
+    let runtime = tokio::runtime::Handle::current();
+    let alone = runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread && {
+        let parks = runtime.metrics().worker_park_count(0);
+        SENT_AT_PARK.with(|at| at.replace(parks)) != parks
+    };
+    drop(runtime);
+    if !alone {
         tokio::task::yield_now().await;
     }
 }
