@@ -82,10 +82,16 @@ pub async fn accept_loop(
         let service = slot.load_full();
         let (stream, peer) = match accepted {
             Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: pause rather than spin; sessions that end free descriptors.
-                tracing::warn!(service = %service.name, error = %e, "accept failed");
+            Err(e) if out_of_resources(&e) => {
+                // Pause rather than spin: sessions that end free descriptors and memory.
+                tracing::warn!(service = %service.name, error = %e, "accept failed; pausing 20 ms");
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(e) => {
+                // One connection's failure (reset before it was accepted, and the
+                // like): the next one is unaffected.
+                tracing::debug!(service = %service.name, error = %e, "accept failed for one connection");
                 continue;
             }
         };
@@ -102,6 +108,12 @@ pub async fn accept_loop(
         // timers waiting: readiness alone spends no cooperative budget.
         tokio::task::coop::consume_budget().await;
     }
+}
+
+/// Whether an accept failed for want of descriptors or memory (so trying
+/// again at once would fail again) rather than for one connection's sake.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// Accepts one connection, leaving its socket unwatched: it is watched by

@@ -106,3 +106,45 @@ fn the_process_wide_limit_spans_services() {
     });
     assert!(ok, "a freed place is reused");
 }
+
+/// Out of descriptors (EMFILE), Fulcrum pauses accepting instead of
+/// spinning, says so once per pause, and serves again as soon as
+/// connections close and free descriptors.
+#[test]
+fn out_of_descriptors_pauses_accepting_then_recovers() {
+    let b = Backend::start("b");
+    let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], "", ""), 1);
+    // A first request opens the backend connection the later ones reuse.
+    let mut first = held_connection(&f);
+    let pid = f.proc.child.id();
+    // Room for 4 more descriptors beyond what Fulcrum holds now.
+    let limit = (common::fd_count(pid) + 4) as u64;
+    let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+    // SAFETY: prlimit on our own child with a valid struct; no old value asked for.
+    let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+
+    // More clients than descriptors: the kernel completes their handshakes
+    // (the backlog), Fulcrum cannot accept them all.
+    let started = std::time::Instant::now();
+    let crowd: Vec<TcpStream> = (0..12).map(|_| TcpStream::connect(f.addr()).expect("connect")).collect();
+    let line = f.proc.wait_log(&["accept failed; pausing"], Duration::from_secs(10));
+    assert!(line.contains("Too many open files"), "{line}");
+    // The held connection is served meanwhile.
+    first.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    assert!(read_response(&mut first).starts_with("HTTP/1.1 200"));
+
+    // Closing frees descriptors: the pause ends and a new client is served
+    // (after the backlog ahead of it, which Fulcrum accepts and sees close).
+    drop(crowd);
+    drop(first);
+    let mut s = TcpStream::connect(f.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let out = read_response(&mut s);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Paused, not spinning: at most one failure per 20 ms pause (plus slack).
+    let pauses = f.proc.count_log(&["accept failed; pausing"]) as u128;
+    let most = started.elapsed().as_millis() / 20 + 10;
+    assert!(pauses <= most, "{pauses} accept failures logged, at most {most} expected: spinning");
+}
