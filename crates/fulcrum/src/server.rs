@@ -77,7 +77,14 @@ pub async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
-            r = accept(&listener) => r,
+            r = accept(&listener) => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // The reactor is gone (the runtime is shutting down): nothing to wait on.
+                    tracing::debug!(address = %local, error = %e, "accept loop ends");
+                    return;
+                }
+            },
         };
         let service = slot.load_full();
         let (stream, peer) = match accepted {
@@ -116,11 +123,15 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
+/// What one accept(2) gave: a connection and its peer, or its error.
+type Accepted = std::io::Result<(std::net::TcpStream, SocketAddr)>;
+
 /// Accepts one connection, leaving its socket unwatched: it is watched by
 /// the runtime that will serve it, often a worker's. Tokio's own `accept`
 /// would register it with this thread's epoll, and moving it to a worker
 /// would deregister it again: two wasted epoll_ctl calls per connection.
-async fn accept(listener: &SessionListener) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+/// `Err` is the listener's readiness failing (no reactor any more).
+async fn accept(listener: &SessionListener) -> std::io::Result<Accepted> {
     loop {
         let mut ready = listener.readable().await?;
         let accepted = ready.try_io(|l| {
@@ -132,7 +143,7 @@ async fn accept(listener: &SessionListener) -> std::io::Result<(std::net::TcpStr
             Ok((socket.into(), peer))
         });
         if let Ok(result) = accepted {
-            return result;
+            return Ok(result);
         }
     }
 }
