@@ -7,7 +7,7 @@
 //! The lock is held for one allocation or release, never across an await.
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +25,9 @@ pub struct SnatRuntime {
     allocator: Mutex<SnatAllocator>,
     /// Wakes a session waiting for a free address:port when one is released.
     released: Notify,
+    /// Sessions waiting for one now: while any wait, a backend connection
+    /// whose exchange ended gives its source back rather than idling on it.
+    waiting: AtomicUsize,
     /// Sessions refused because no address:port was free in time.
     pub exhausted: AtomicU64,
     /// Sessions that found the pool exhausted and waited (served or not).
@@ -32,6 +35,23 @@ pub struct SnatRuntime {
     /// Whether the last lease attempt was refused, so that running out and
     /// recovering are each logged once, not once per session.
     refusing: AtomicBool,
+}
+
+/// One session counted in `waiting` for as long as it waits, even when its
+/// wait is cancelled (the client left, a timeout).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// An address:port of a SNAT pool, held until dropped.
@@ -59,6 +79,7 @@ impl SnatRuntime {
             model: pool.clone(),
             allocator: Mutex::new(SnatAllocator::new(pool)),
             released: Notify::new(),
+            waiting: AtomicUsize::new(0),
             exhausted: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
@@ -67,28 +88,53 @@ impl SnatRuntime {
 
     /// A free address:port, waiting up to `wait` for one to be released if
     /// none is free now; `None` (counted in `exhausted`) when none came.
-    pub async fn lease(self: &Arc<Self>, wait: Duration) -> Option<SnatLease> {
+    /// `reclaim` frees one held by an idle connection if it can (true when
+    /// it did): it runs once the session counts as waiting, so a connection
+    /// that went idle just before is found, and one going idle after sees
+    /// the waiter ([`SnatRuntime::has_waiters`]) and gives its source back.
+    pub async fn lease(self: &Arc<Self>, wait: Duration, reclaim: impl Fn() -> bool) -> Option<SnatLease> {
         if let Some(lease) = self.try_lease() {
             return Some(lease);
         }
         if !wait.is_zero() {
             self.waited.fetch_add(1, Ordering::Relaxed);
-            let deadline = Instant::now() + wait;
-            loop {
-                let released = self.released.notified();
-                tokio::pin!(released);
-                // Registered before the retry, so a release between the two is not missed.
-                released.as_mut().enable();
-                if let Some(lease) = self.try_lease() {
-                    return Some(lease);
-                }
-                if tokio::time::timeout_at(deadline, released).await.is_err() {
-                    break;
-                }
+            let _waiting = Waiting::count(&self.waiting);
+            let leased = self.wait_for_lease(Instant::now() + wait, reclaim).await;
+            if leased.is_some() {
+                return leased;
             }
         }
         self.refused();
         None
+    }
+
+    async fn wait_for_lease(
+        self: &Arc<Self>,
+        deadline: Instant,
+        reclaim: impl Fn() -> bool,
+    ) -> Option<SnatLease> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the retry, so a release between the two is not missed.
+            released.as_mut().enable();
+            loop {
+                if let Some(lease) = self.try_lease() {
+                    return Some(lease);
+                }
+                if !reclaim() {
+                    break;
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Whether a session is waiting for a free address:port.
+    pub fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
     }
 
     /// A free address:port now, if any.
@@ -185,9 +231,9 @@ mod tests {
     #[tokio::test]
     async fn an_exhausted_pool_refuses_at_once_without_a_wait() {
         let snat = runtime(Duration::ZERO);
-        let held = (snat.lease(Duration::ZERO).await, snat.lease(Duration::ZERO).await);
+        let held = (snat.lease(Duration::ZERO, || false).await, snat.lease(Duration::ZERO, || false).await);
         assert!(held.0.is_some() && held.1.is_some());
-        assert!(snat.lease(Duration::ZERO).await.is_none());
+        assert!(snat.lease(Duration::ZERO, || false).await.is_none());
         assert_eq!(snat.exhausted.load(Ordering::Relaxed), 1);
         assert_eq!(snat.waited.load(Ordering::Relaxed), 0);
         drop(held);
@@ -197,11 +243,11 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_session_gets_the_next_released_address() {
         let snat = runtime(Duration::from_secs(30));
-        let first = snat.lease(Duration::ZERO).await.expect("free");
-        let _second = snat.lease(Duration::ZERO).await.expect("free");
+        let first = snat.lease(Duration::ZERO, || false).await.expect("free");
+        let _second = snat.lease(Duration::ZERO, || false).await.expect("free");
         let waiter = tokio::spawn({
             let snat = snat.clone();
-            async move { snat.lease(Duration::from_secs(30)).await.map(|l| l.address()) }
+            async move { snat.lease(Duration::from_secs(30), || false).await.map(|l| l.address()) }
         });
         // The waiter counts itself before it waits.
         while snat.waited.load(Ordering::Relaxed) == 0 {
@@ -216,10 +262,35 @@ mod tests {
     #[tokio::test]
     async fn a_wait_is_bounded() {
         let snat = runtime(Duration::ZERO);
-        let _held = (snat.lease(Duration::ZERO).await, snat.lease(Duration::ZERO).await);
+        let _held = (snat.lease(Duration::ZERO, || false).await, snat.lease(Duration::ZERO, || false).await);
         let start = Instant::now();
-        assert!(snat.lease(Duration::from_millis(100)).await.is_none());
+        assert!(snat.lease(Duration::from_millis(100), || false).await.is_none());
         assert!(start.elapsed() >= Duration::from_millis(100), "refused only after the wait");
         assert_eq!((snat.waited.load(Ordering::Relaxed), snat.exhausted.load(Ordering::Relaxed)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_reclaims_an_idle_source_and_a_cancelled_wait_stops_counting() {
+        let snat = runtime(Duration::from_secs(30));
+        // Both sources held; one by an "idle connection" the reclaim can close.
+        let idle = std::sync::Mutex::new(snat.lease(Duration::ZERO, || false).await);
+        let _busy = snat.lease(Duration::ZERO, || false).await.expect("free");
+        let reclaim = || idle.lock().unwrap().take().is_some();
+        let got = snat.lease(Duration::from_secs(30), reclaim).await.expect("the idle one's source");
+        assert_eq!(snat.exhausted.load(Ordering::Relaxed), 0);
+        assert!(!snat.has_waiters(), "no longer waiting once served");
+
+        // Nothing to reclaim now: a waiter waits, counted, until it is cancelled.
+        let waiter = tokio::spawn({
+            let snat = snat.clone();
+            async move { snat.lease(Duration::from_secs(30), || false).await.is_some() }
+        });
+        while !snat.has_waiters() {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        assert!(waiter.await.is_err_and(|e| e.is_cancelled()));
+        assert!(!snat.has_waiters(), "a cancelled wait is not counted");
+        drop(got);
     }
 }

@@ -407,7 +407,7 @@ impl PoolRuntime {
                 None if self.close_oldest_idle() => continue,
                 None if busy.is_empty() => {
                     let wait = deadline.saturating_duration_since(Instant::now());
-                    snat.lease(wait).await.ok_or_else(exhausted)?
+                    snat.lease(wait, || self.close_oldest_idle()).await.ok_or_else(exhausted)?
                 }
                 None => {
                     // Only busy ones are free. One in TIME_WAIT toward this
@@ -451,6 +451,11 @@ impl PoolRuntime {
             return; // pooling off, or a client's own connection: dropping it closes it
         }
         let mut idle = self.backend(up.backend).idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock a waiter's reclaim takes too: either it sees
+        // this connection idle, or this sees it waiting.
+        if up.snat.as_ref().is_some_and(|lease| lease.pool().has_waiters()) {
+            return; // dropped: its source goes to a session waiting for one
+        }
         // Oldest first: expired ones would otherwise sit in CLOSE_WAIT under
         // fresher ones until traffic stops.
         let expired = idle.iter().take_while(|c| c.since.elapsed() >= within).count();

@@ -127,4 +127,34 @@ mod idle {
         alive_far.read_exact(&mut byte).await.unwrap();
         assert!(pool.checkout(BackendId(0), Duration::from_secs(60)).is_none(), "none left for this worker");
     }
+
+    #[tokio::test]
+    async fn a_connection_whose_source_a_session_awaits_is_closed_not_pooled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = pool_of(8);
+        let snat = Arc::new(SnatRuntime::new(&fulcrum_core::model::SnatPool {
+            name: "one".into(),
+            first_ip: std::net::Ipv4Addr::new(127, 0, 0, 12),
+            last_ip: std::net::Ipv4Addr::new(127, 0, 0, 12),
+            netmask: std::net::Ipv4Addr::new(255, 255, 255, 255),
+            ports: (40000, 40000),
+            block_size: 1,
+            initial_blocks: 1,
+            max_blocks: 1,
+            wait: Duration::from_secs(30),
+        }));
+        let (mut up, mut far) = pair(&listener).await;
+        up.snat = Some(snat.try_lease().expect("the only source"));
+        let waiter = tokio::spawn({
+            let snat = snat.clone();
+            async move { snat.lease(Duration::from_secs(30), || false).await.is_some() }
+        });
+        while !snat.has_waiters() {
+            tokio::task::yield_now().await;
+        }
+        pool.release(up, Duration::from_secs(60));
+        assert!(workers(&pool).is_empty(), "not pooled while a session waits for its source");
+        assert!(closed(&mut far).await, "closed");
+        assert!(waiter.await.unwrap(), "the waiting session got the source");
+    }
 }
