@@ -96,6 +96,7 @@ impl Listeners {
             let stop = shutdown.child_token();
             let accepting = crate::server::accept_loop(
                 listener,
+                local,
                 service.clone(),
                 stop.clone(),
                 shutdown.clone(),

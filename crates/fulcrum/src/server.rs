@@ -63,17 +63,18 @@ pub fn listen_for_sessions(address: SocketAddr) -> std::io::Result<SessionListen
     unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(std::io::Error::from)
 }
 
-/// Accepts connections until `stop` (this listener removed, or shutdown).
+/// Accepts connections on `listener`, bound to `local`, until `stop` (this
+/// listener removed, or shutdown).
 /// Each connection is served by the service the slot holds when it is
 /// accepted, so a reload applies from the next connection on.
 pub async fn accept_loop(
     listener: SessionListener,
+    local: SocketAddr,
     slot: Arc<arc_swap::ArcSwap<ServiceRuntime>>,
     stop: CancellationToken,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
-    let Ok(local) = listener.get_ref().local_addr() else { return };
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,

@@ -64,6 +64,17 @@ fn is_hop_by_hop(h: &Header, connection: &[&Header]) -> bool {
 }
 
 /// Writes the request head to send to a backend for `head` (always HTTP/1.1).
+/// The non-empty values of the request's `name` fields (the hops before
+/// this one), each followed by ", " for the hop appended after them.
+fn write_earlier_hops(out: &mut Vec<u8>, head: &RequestHead, name: &str, connection: &[&Header]) {
+    let earlier =
+        head.headers.iter().filter(|h| h.is(name) && !h.value.is_empty() && !is_hop_by_hop(h, connection));
+    for h in earlier {
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b", ");
+    }
+}
+
 pub fn write_request_head(head: &RequestHead, info: &ClientInfo, out: &mut Vec<u8>) {
     let connection: Vec<&Header> = head.headers.iter().filter(|h| h.is("connection")).collect();
     out.extend_from_slice(head.method.as_bytes());
@@ -89,24 +100,10 @@ pub fn write_request_head(head: &RequestHead, info: &ClientInfo, out: &mut Vec<u
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in head
-        .headers
-        .iter()
-        .filter(|h| h.is("x-forwarded-for") && !h.value.is_empty() && !is_hop_by_hop(h, &connection))
-    {
-        out.extend_from_slice(&h.value);
-        out.extend_from_slice(b", ");
-    }
+    write_earlier_hops(out, head, "x-forwarded-for", &connection);
     write_ip(out, info.client.ip());
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nForwarded: ");
-    for h in head
-        .headers
-        .iter()
-        .filter(|h| h.is("forwarded") && !h.value.is_empty() && !is_hop_by_hop(h, &connection))
-    {
-        out.extend_from_slice(&h.value);
-        out.extend_from_slice(b", ");
-    }
+    write_earlier_hops(out, head, "forwarded", &connection);
     out.extend_from_slice(b"for=");
     write_node(out, info.client);
     out.extend_from_slice(b";by=");
