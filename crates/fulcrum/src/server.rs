@@ -38,6 +38,8 @@ fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit it (Linux), which spares a setsockopt per connection.
+    socket.set_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -106,7 +108,6 @@ pub async fn accept_loop(
         if stop.is_cancelled() {
             return; // shutting down: the tracker may be closed already, so no new session
         }
-        let _ = stream.set_nodelay(true);
         let session = guarded(session(stream, peer, local, service, shutdown.clone()));
         match crate::workers::pick() {
             Some(worker) => sessions.spawn_on(session, worker),
@@ -360,5 +361,14 @@ mod tests {
         assert_eq!(PANICS.load(Ordering::Relaxed), before + 1);
         // The runtime goes on serving other tasks.
         assert_eq!(tokio::spawn(async { 7 }).await.ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off_without_asking_each() {
+        let listener = listen_for_sessions("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.get_ref().local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (stream, _) = accept(&listener).await.unwrap().unwrap();
+        assert!(stream.nodelay().unwrap(), "TCP_NODELAY comes from the listener");
     }
 }
