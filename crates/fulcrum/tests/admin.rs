@@ -274,10 +274,16 @@ fn metrics_move_with_traffic() {
             + sample(t, r#"fulcrum_backend_requests_total{pool="web",backend="b"}"#)
     };
     let r0 = requests(&before);
+    let ok = |t: &str| sample(t, r#"fulcrum_service_responses_total{service="web",class="2xx"}"#);
     for _ in 0..6 {
         lb.request();
     }
-    let after = lb.metrics();
+    // A response is counted as its exchange ends, just after the client has read it.
+    let mut after = String::new();
+    wait_until("the sixth response to be counted", || {
+        after = lb.metrics();
+        ok(&after) - ok(&before) >= 6.0
+    });
     assert_eq!(requests(&after) - r0, 6.0);
     let svc = |t: &str, s: &str| sample(t, &format!("{s}{{service=\"web\"}}"));
     assert_eq!(
@@ -287,7 +293,6 @@ fn metrics_move_with_traffic() {
     assert!(
         svc(&after, "fulcrum_service_sent_bytes_total") > svc(&before, "fulcrum_service_sent_bytes_total")
     );
-    let ok = |t: &str| sample(t, r#"fulcrum_service_responses_total{service="web",class="2xx"}"#);
     assert_eq!(ok(&after) - ok(&before), 6.0);
     let backend_ok = sample(&after, r#"fulcrum_backend_responses_total{pool="web",backend="a",class="2xx"}"#);
     assert_eq!(backend_ok, 3.0);

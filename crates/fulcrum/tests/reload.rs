@@ -150,6 +150,14 @@ fn reloads_under_load_lose_no_request() {
     // A slow request started before the reloads finishes after them.
     let slow = std::thread::spawn(move || get(addr, "/delay/1500"));
     for i in 0..10 {
+        // Each reload under load: some requests answered since the last one.
+        let answered = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        let since = answered(&ok) + answered(&failed);
+        let start = std::time::Instant::now();
+        while answered(&ok) + answered(&failed) < since + 20 {
+            assert!(start.elapsed() < Duration::from_secs(30), "the clients stalled before reload {i}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         f.reload(if i % 2 == 0 { &two } else { &one });
     }
     stop.store(true, Ordering::SeqCst);

@@ -184,7 +184,7 @@ fn an_idle_keep_alive_connection_gives_its_source_to_a_new_session() {
     let f = Fulcrum::start(&text, 1);
     for i in 0..4 {
         let out = raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        assert!(out.starts_with("HTTP/1.1 200 "), "request {i}: {out}");
+        assert!(out.starts_with("HTTP/1.1 200 "), "request {i}: {out}\nstderr:\n{}", f.proc.stderr());
     }
     assert_eq!(a.heads().len() + b.heads().len(), 4);
     assert!(!a.heads().is_empty() && !b.heads().is_empty(), "both backends served");
