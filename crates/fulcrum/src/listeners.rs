@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +32,8 @@ struct Slot {
     service: Arc<ArcSwap<ServiceRuntime>>,
     /// Stops this listener's accept loop.
     stop: CancellationToken,
+    /// The accept loop, which owns the socket: it is closed once this ends.
+    task: JoinHandle<()>,
 }
 
 #[derive(Default)]
@@ -74,8 +77,17 @@ impl Listeners {
 
     /// Applies `plan`: swaps services under kept listeners, starts accept
     /// loops for new ones (printing a `listening` line each, as at start),
-    /// stops the ones no longer configured.
-    pub fn commit(&mut self, plan: Plan, shutdown: &CancellationToken, sessions: &TaskTracker) {
+    /// stops the ones no longer configured. Returns the stopped loops: their
+    /// sockets close as they end, on the accepting worker, so whoever awaits
+    /// them knows the addresses are free again.
+    #[must_use = "a removed listener is closed only once its loop has ended"]
+    pub fn commit(
+        &mut self,
+        plan: Plan,
+        shutdown: &CancellationToken,
+        sessions: &TaskTracker,
+    ) -> Vec<JoinHandle<()>> {
+        let mut stopped = Vec::new();
         let kept: Vec<usize> = plan.keep.iter().map(|(i, _)| *i).collect();
         for (i, service) in plan.keep {
             self.slots[i].service.store(service);
@@ -87,6 +99,7 @@ impl Listeners {
             } else {
                 tracing::info!(address = %slot.local, "listener removed");
                 slot.stop.cancel();
+                stopped.push(slot.task);
             }
         }
         for (key, listener, service) in plan.add {
@@ -102,11 +115,11 @@ impl Listeners {
                 shutdown.clone(),
                 sessions.clone(),
             );
-            match crate::workers::acceptor() {
+            let task = match crate::workers::acceptor() {
                 Some(worker) => worker.spawn(accepting),
                 None => tokio::spawn(accepting),
             };
-            slots.push(Slot { key, local, service, stop });
+            slots.push(Slot { key, local, service, stop, task });
         }
         self.slots = slots;
         for slot in &self.slots {
@@ -115,6 +128,16 @@ impl Listeners {
             if !listen.contains(&slot.local) {
                 listen.push(slot.local);
             }
+        }
+        stopped
+    }
+}
+
+/// Waits (bounded) for stopped accept loops to end, which closes their sockets.
+pub async fn closed(stopped: Vec<JoinHandle<()>>) {
+    for task in stopped {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("a removed listener's accept loop did not end within 5 s");
         }
     }
 }

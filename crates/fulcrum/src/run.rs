@@ -143,7 +143,8 @@ pub async fn serve(
     };
     // Switches first: no connection is accepted before the limits are in force.
     generation.start(None, &shutdown);
-    listeners.commit(plan, &shutdown, &sessions);
+    let stopped = listeners.commit(plan, &shutdown, &sessions);
+    debug_assert!(stopped.is_empty(), "nothing to stop at start");
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadReply>(4);
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(generation.live()),
@@ -171,8 +172,11 @@ pub async fn serve(
             listeners: &mut listeners,
             shutdown: &shutdown,
             sessions: &sessions,
+            stopped: Vec::new(),
         };
         let result = ctx.reload(&mut current, &shared);
+        // Answered once removed listeners are closed: their addresses are free for what comes next.
+        crate::listeners::closed(ctx.stopped).await;
         match &result {
             Ok(changes) => tracing::info!(changes = %changes, "configuration reloaded"),
             Err(why) => tracing::warn!(error = %why, "reload refused, configuration unchanged"),
@@ -211,6 +215,8 @@ struct Reload<'a> {
     listeners: &'a mut Listeners,
     shutdown: &'a CancellationToken,
     sessions: &'a TaskTracker,
+    /// Accept loops of listeners the reload removed (see `Listeners::commit`).
+    stopped: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Reload<'_> {
@@ -236,7 +242,7 @@ impl Reload<'_> {
         let plan = self.listeners.plan(&next).map_err(|e| e.to_string())?;
         // Committed from here on: nothing below can fail.
         next.start(Some(current), self.shutdown);
-        self.listeners.commit(plan, self.shutdown, self.sessions);
+        self.stopped = self.listeners.commit(plan, self.shutdown, self.sessions);
         shared.live.store(Arc::new(next.live()));
         *current = next;
         Ok(if changes.is_empty() { "no change".into() } else { changes.join(", ") })
