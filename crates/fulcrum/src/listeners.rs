@@ -86,7 +86,7 @@ impl Listeners {
         plan: Plan,
         shutdown: &CancellationToken,
         sessions: &TaskTracker,
-    ) -> Vec<JoinHandle<()>> {
+    ) -> Vec<Stopped> {
         let mut stopped = Vec::new();
         let kept: Vec<usize> = plan.keep.iter().map(|(i, _)| *i).collect();
         for (i, service) in plan.keep {
@@ -99,7 +99,7 @@ impl Listeners {
             } else {
                 tracing::info!(address = %slot.local, "listener removed");
                 slot.stop.cancel();
-                stopped.push(slot.task);
+                stopped.push(Stopped { local: slot.local, task: slot.task });
             }
         }
         for (key, listener, service) in plan.add {
@@ -133,11 +133,24 @@ impl Listeners {
     }
 }
 
-/// Waits (bounded) for stopped accept loops to end, which closes their sockets.
-pub async fn closed(stopped: Vec<JoinHandle<()>>) {
-    for task in stopped {
-        if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
-            tracing::warn!("a removed listener's accept loop did not end within 5 s");
+/// The accept loop of a removed listener, told to stop.
+pub struct Stopped {
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// Waits, 5 s at most in all, for stopped accept loops to end, which closes their sockets.
+pub async fn closed(stopped: Vec<Stopped>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    for Stopped { local, task } in stopped {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(address = %local, error = %e, "a removed listener's accept loop failed")
+            }
+            Err(_) => {
+                tracing::warn!(address = %local, "a removed listener's accept loop did not end within 5 s")
+            }
         }
     }
 }

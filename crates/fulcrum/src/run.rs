@@ -172,11 +172,13 @@ pub async fn serve(
             listeners: &mut listeners,
             shutdown: &shutdown,
             sessions: &sessions,
-            stopped: Vec::new(),
         };
-        let result = ctx.reload(&mut current, &shared);
+        let (result, stopped) = match ctx.reload(&mut current, &shared) {
+            Ok((changes, stopped)) => (Ok(changes), stopped),
+            Err(why) => (Err(why), Vec::new()),
+        };
         // Answered once removed listeners are closed: their addresses are free for what comes next.
-        crate::listeners::closed(ctx.stopped).await;
+        crate::listeners::closed(stopped).await;
         match &result {
             Ok(changes) => tracing::info!(changes = %changes, "configuration reloaded"),
             Err(why) => tracing::warn!(error = %why, "reload refused, configuration unchanged"),
@@ -215,14 +217,17 @@ struct Reload<'a> {
     listeners: &'a mut Listeners,
     shutdown: &'a CancellationToken,
     sessions: &'a TaskTracker,
-    /// Accept loops of listeners the reload removed (see `Listeners::commit`).
-    stopped: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Reload<'_> {
     /// Reads, checks and applies the configuration file; on any error nothing
-    /// changes. Returns what changed, or why nothing did.
-    fn reload(&mut self, current: &mut Generation, shared: &Shared) -> Result<String, String> {
+    /// changes. Returns what changed and the accept loops of the listeners it
+    /// removed (their sockets close as those end), or why nothing changed.
+    fn reload(
+        &mut self,
+        current: &mut Generation,
+        shared: &Shared,
+    ) -> Result<(String, Vec<crate::listeners::Stopped>), String> {
         let path = self.path.ok_or("there is no configuration file to reload (fulcrum demo)")?;
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -242,10 +247,11 @@ impl Reload<'_> {
         let plan = self.listeners.plan(&next).map_err(|e| e.to_string())?;
         // Committed from here on: nothing below can fail.
         next.start(Some(current), self.shutdown);
-        self.stopped = self.listeners.commit(plan, self.shutdown, self.sessions);
+        let stopped = self.listeners.commit(plan, self.shutdown, self.sessions);
         shared.live.store(Arc::new(next.live()));
         *current = next;
-        Ok(if changes.is_empty() { "no change".into() } else { changes.join(", ") })
+        let changes = if changes.is_empty() { "no change".into() } else { changes.join(", ") };
+        Ok((changes, stopped))
     }
 }
 
