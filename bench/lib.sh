@@ -1,4 +1,4 @@
-# Shared by bench/run and bench/idle (sourced, not run): the proxies' configurations, so that
+# Shared by bench/run, bench/idle and bench/bulk-ns (sourced, not run): the proxies' configurations, so that
 # both scripts measure the same set-up. Every writer takes the backend ports from the array
 # BACKEND_PORTS (three entries, b1..b3) and writes one file.
 
@@ -157,4 +157,10 @@ install_apt_tools() {
         [ "$rc" = 0 ] || return 1
     fi
     [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || { log "nginx stream module not found"; return 1; }
+}
+
+# median: the median of the numbers on stdin, one a line (the mean of the middle two for an even
+# count); fails on none.
+median() {
+    sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
