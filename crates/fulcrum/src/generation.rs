@@ -125,6 +125,10 @@ impl Generation {
         // Process-wide switches of `[runtime]`, at start and at every reload alike.
         crate::sessions::set_access_log(self.model.runtime.access_log);
         crate::server::set_global_limits(self.model.runtime.limits.clone());
+        // A service's connection count carries over from its previous generation; its limit changes now.
+        for service in &self.services {
+            service.connections.set(service.limits.clone());
+        }
         for (pool, checks) in self.pools.iter().zip(&self.pool_checks) {
             let inherited = old.is_some_and(|o| o.pools.iter().any(|p| Arc::ptr_eq(p, pool)));
             if !inherited {

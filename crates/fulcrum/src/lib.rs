@@ -12,6 +12,7 @@ pub mod front;
 pub mod generation;
 pub mod l4;
 pub mod l7;
+pub mod limit;
 pub mod listeners;
 pub mod run;
 pub mod server;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -15,10 +15,10 @@ use futures_util::FutureExt;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limit::ConnectionLimit;
 use crate::service::ServiceRuntime;
 
 #[derive(Debug, thiserror::Error)]
@@ -171,11 +171,11 @@ fn session(
             }
         };
         crate::front::count_accepted(&service);
-        let Some(_global) = admit_global().await else {
+        let Some(_global) = GLOBAL.admit().await else {
             crate::front::count_refused_at_limit(&service);
             return refuse_for(stream, &service, "Fulcrum is at its connection limit").await;
         };
-        let Some(_slot) = admit(&service).await else {
+        let Some(_slot) = service.connections.admit().await else {
             crate::front::count_refused_at_limit(&service);
             refuse(stream, &service).await;
             return;
@@ -248,25 +248,6 @@ pub async fn expire_tables(
     }
 }
 
-/// Takes a slot under the service's connection limit: at once, after a
-/// bounded wait (`on_limit = "queue"`), or not at all. `Some(None)` when unlimited.
-async fn admit(service: &ServiceRuntime) -> Option<Option<OwnedSemaphorePermit>> {
-    let Some(slots) = &service.slots else { return Some(None) };
-    if let Ok(p) = slots.clone().try_acquire_owned() {
-        return Some(Some(p));
-    }
-    match service.limits.on_limit {
-        OnLimit::Refuse => None,
-        OnLimit::Queue => {
-            Box::pin(tokio::time::timeout(service.limits.queue_timeout, slots.clone().acquire_owned()))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(Some)
-        }
-    }
-}
-
 /// Turns away a connection over the limit: a 503 in http mode, a close in tcp mode.
 async fn refuse(stream: TcpStream, service: &ServiceRuntime) {
     refuse_for(stream, service, &format!("service {:?} is at its connection limit", service.name)).await;
@@ -281,72 +262,18 @@ async fn refuse_for(mut stream: TcpStream, service: &ServiceRuntime, why: &str) 
     }
 }
 
-/// The whole process's connection limit (`[runtime.limits]`). A counter
-/// rather than a semaphore: it lives across reloads, which may change the
-/// limit while connections admitted under the old one are still open.
-struct GlobalLimit {
-    open: AtomicU64,
-    limits: Mutex<Limits>,
-    /// Wakes queued connections when one closes.
-    released: Notify,
-}
-
-static GLOBAL: LazyLock<GlobalLimit> = LazyLock::new(|| GlobalLimit {
-    open: AtomicU64::new(0),
-    limits: Mutex::new(Limits {
+/// The whole process's connection limit (`[runtime.limits]`).
+static GLOBAL: LazyLock<Arc<ConnectionLimit>> = LazyLock::new(|| {
+    ConnectionLimit::new(Limits {
         max_connections: None,
         on_limit: OnLimit::Queue,
         queue_timeout: Duration::ZERO,
-    }),
-    released: Notify::new(),
+    })
 });
 
 /// Sets the process's connection limit (at start and on reload).
 pub fn set_global_limits(limits: Limits) {
-    *GLOBAL.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
-    GLOBAL.released.notify_waiters();
-}
-
-/// One connection counted against the process's limit until dropped.
-pub struct GlobalSlot(());
-
-impl Drop for GlobalSlot {
-    fn drop(&mut self) {
-        GLOBAL.open.fetch_sub(1, Ordering::Relaxed);
-        GLOBAL.released.notify_one();
-    }
-}
-
-/// Takes a place under the process's limit: at once, after a bounded wait
-/// (`on_limit = "queue"`), or not at all.
-async fn admit_global() -> Option<GlobalSlot> {
-    let limits = GLOBAL.limits.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let try_take = |max: u64| {
-        GLOBAL.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
-    };
-    let Some(max) = limits.max_connections.map(u64::from) else {
-        GLOBAL.open.fetch_add(1, Ordering::Relaxed);
-        return Some(GlobalSlot(()));
-    };
-    if try_take(max) {
-        return Some(GlobalSlot(()));
-    }
-    if limits.on_limit == OnLimit::Refuse {
-        return None;
-    }
-    let wait = async {
-        loop {
-            // Registered before the check, so a release in between is not missed.
-            let released = GLOBAL.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if try_take(max) {
-                return GlobalSlot(());
-            }
-            released.await;
-        }
-    };
-    Box::pin(tokio::time::timeout(limits.queue_timeout, wait)).await.ok()
+    GLOBAL.set(limits);
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use fulcrum_core::model::{
 };
 use fulcrum_core::persist::{self, StickyTable};
 use fulcrum_core::policy::{self, AuthCache, Credentials, RateLimiter, Refusal};
-use tokio::sync::Semaphore;
 
 use crate::upstream::PoolRuntime;
 
@@ -39,8 +38,8 @@ pub struct ServiceRuntime {
     pub accept_proxy_protocol: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: Limits,
-    /// Slots for `limits.max_connections`; `None` when unlimited.
-    pub slots: Option<Arc<Semaphore>>,
+    /// Connections open now against `[service.limits]`, carried across reloads.
+    pub connections: Arc<crate::limit::ConnectionLimit>,
     pub stats: crate::stats::ServiceStats,
 }
 
@@ -79,7 +78,11 @@ impl ServiceRuntime {
                 _ => None,
             };
             let policy = match &r.policy {
-                Some(p) => Some(PolicyRuntime::new(p, base).map_err(|e| e.at(&s.name, Some(&r.name)))?),
+                Some(p) => {
+                    let old =
+                        old.and_then(|o| o.routes.iter().find(|o| o.route.name == r.name)?.policy.as_ref());
+                    Some(PolicyRuntime::new(p, base, old).map_err(|e| e.at(&s.name, Some(&r.name)))?)
+                }
                 None => None,
             };
             routes.push(RouteRuntime { route: r.clone(), pool, policy });
@@ -93,7 +96,8 @@ impl ServiceRuntime {
             pool: s.pool.map(|p| pools[p.0].clone()),
             route_models: s.routes.clone(),
             routes,
-            policy: PolicyRuntime::new(&s.policy, base).map_err(|e| e.at(&s.name, None))?,
+            policy: PolicyRuntime::new(&s.policy, base, old.map(|o| &o.policy))
+                .map_err(|e| e.at(&s.name, None))?,
             persistence: {
                 let fresh = PersistRuntime::new(&s.persistence);
                 match old {
@@ -107,7 +111,11 @@ impl ServiceRuntime {
             accept_proxy_protocol: s.accept_proxy_protocol,
             trusted_proxies: s.trusted_proxies.clone(),
             limits: s.limits.clone(),
-            slots: s.limits.max_connections.map(|n| Arc::new(Semaphore::new(n as usize))),
+            // The limits themselves are put in force when the generation commits (`Generation::start`).
+            connections: match old {
+                Some(o) => o.connections.clone(),
+                None => crate::limit::ConnectionLimit::new(s.limits.clone()),
+            },
             stats: crate::stats::ServiceStats::default(),
         })
     }
@@ -158,6 +166,7 @@ impl ServiceRuntime {
     }
 }
 
+#[derive(Debug)]
 struct FileError {
     key: &'static str,
     path: String,
@@ -182,7 +191,7 @@ pub struct PolicyRuntime {
     credentials: Arc<Credentials>,
     /// Verified `Authorization` values: bcrypt is too slow to run per request.
     cache: Mutex<AuthCache>,
-    rate: Option<Mutex<RateLimiter>>,
+    rate: Option<Arc<Mutex<RateLimiter>>>,
     /// Sessions open now, against `max_sessions`.
     sessions: Arc<AtomicU32>,
 }
@@ -191,7 +200,11 @@ pub struct PolicyRuntime {
 const RATE_CLIENTS: usize = 100_000;
 
 impl PolicyRuntime {
-    fn new(policy: &Policy, base: &Path) -> Result<PolicyRuntime, FileError> {
+    /// The runtime of `policy`. With `old` (the same policy's runtime before a
+    /// reload) it keeps counting the sessions open now, and keeps each
+    /// client's rate if `rate_per_client` did not change: a reload neither
+    /// lifts `max_sessions` nor hands every client a fresh allowance.
+    fn new(policy: &Policy, base: &Path, old: Option<&PolicyRuntime>) -> Result<PolicyRuntime, FileError> {
         let read = |key: &'static str, file: &Path| {
             let path = base.join(file);
             std::fs::read_to_string(&path).map_err(|e| FileError {
@@ -223,8 +236,11 @@ impl PolicyRuntime {
             policy: policy.clone(),
             credentials: Arc::new(credentials),
             cache: Mutex::new(AuthCache::default()),
-            rate: policy.rate_per_client.map(|r| Mutex::new(RateLimiter::new(r, RATE_CLIENTS))),
-            sessions: Arc::new(AtomicU32::new(0)),
+            rate: match old {
+                Some(o) if o.policy.rate_per_client == policy.rate_per_client => o.rate.clone(),
+                _ => policy.rate_per_client.map(|r| Arc::new(Mutex::new(RateLimiter::new(r, RATE_CLIENTS)))),
+            },
+            sessions: old.map_or_else(|| Arc::new(AtomicU32::new(0)), |o| o.sessions.clone()),
         })
     }
 
@@ -428,5 +444,31 @@ pub fn remember_source(
     if let PersistRuntime::SourceIp { mask_v4, mask_v6, table } = persistence {
         let key = (pool.index, persist::source_key(client, *mask_v4, *mask_v6));
         table.lock().unwrap_or_else(|p| p.into_inner()).insert(key, backend, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rate: Option<u32>, max_sessions: Option<u32>) -> Policy {
+        Policy { rate_per_client: rate, max_sessions, ..Policy::default() }
+    }
+
+    #[test]
+    fn a_reloaded_policy_keeps_its_sessions_and_unchanged_rates() {
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let old = PolicyRuntime::new(&policy(Some(1), Some(1)), Path::new("."), None).unwrap();
+        let session = old.admit(client).expect("first session");
+        // Same rate, max_sessions raised to 2: the open session still counts,
+        // and the client has spent its one new session this second.
+        let same = PolicyRuntime::new(&policy(Some(1), Some(2)), Path::new("."), Some(&old)).unwrap();
+        assert!(matches!(same.admit(client), Err(Refusal::TooMany { .. })), "the rate was reset");
+        // Rate changed: a fresh allowance; the open session still counts against 2.
+        let changed = PolicyRuntime::new(&policy(Some(5), Some(2)), Path::new("."), Some(&same)).unwrap();
+        let second = changed.admit(client).expect("a new rate admits");
+        assert!(changed.admit(client).is_err(), "two open, max_sessions 2");
+        drop((session, second));
+        assert!(changed.admit(client).is_ok(), "closed sessions free their places");
     }
 }
