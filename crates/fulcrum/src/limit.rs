@@ -1,82 +1,94 @@
 //! Connection limits that live across reloads: the process's
-//! (`[runtime.limits]`) and each service's (`[service.limits]`). Counters
-//! rather than semaphores: a reload may change a limit while connections
-//! admitted under the old one are still open, and those go on counting
-//! against the new one until they close.
+//! (`[runtime.limits]`) and each service's (`[service.limits]`). A reload
+//! may change a limit while connections admitted under the old one are
+//! still open: they go on counting against the new one until they close.
+//!
+//! Places are permits of a fair semaphore, so queued connections are let in
+//! in arrival order and a newcomer never takes a place a queued one waits
+//! for. The semaphore is handed on across reloads and resized: a raised
+//! limit adds permits; a lowered one withdraws the free ones at once and
+//! the rest as connections close (`owed`). Without a maximum there are
+//! `UNLIMITED` permits, so the connections open are counted all the same.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fulcrum_core::model::{Limits, OnLimit};
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
+
+/// The places of a limit without a maximum: more than descriptors can ever hold.
+const UNLIMITED: usize = Semaphore::MAX_PERMITS / 2;
 
 pub struct ConnectionLimit {
-    open: AtomicU64,
-    limits: Mutex<Limits>,
-    /// Wakes queued connections when one closes or the limit changes.
-    released: Notify,
+    places: Semaphore,
+    /// Places withdrawn by a lowered limit that connections still hold:
+    /// each one closing while this is above zero gives its place up.
+    owed: AtomicUsize,
+    /// The limits in force and the places they make; read when a
+    /// connection has to wait or be refused, and on reload.
+    limits: Mutex<(Limits, usize)>,
+}
+
+fn places_of(limits: &Limits) -> usize {
+    limits.max_connections.map_or(UNLIMITED, |n| n as usize)
 }
 
 impl ConnectionLimit {
     pub fn new(limits: Limits) -> Arc<ConnectionLimit> {
+        let places = places_of(&limits);
         Arc::new(ConnectionLimit {
-            open: AtomicU64::new(0),
-            limits: Mutex::new(limits),
-            released: Notify::new(),
+            places: Semaphore::new(places),
+            owed: AtomicUsize::new(0),
+            limits: Mutex::new((limits, places)),
         })
     }
 
     /// Puts `limits` in force (at start, and when a reload commits).
     pub fn set(&self, limits: Limits) {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
-        self.released.notify_waiters();
+        let mut current = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, new) = (current.1, places_of(&limits));
+        if new > old {
+            // Places still owed are cancelled first; what is left is added.
+            let mut more = new - old;
+            let cancel = self.owed.load(Ordering::Relaxed).min(more);
+            self.owed.fetch_sub(cancel, Ordering::Relaxed);
+            more -= cancel;
+            self.places.add_permits(more);
+        } else if new < old {
+            let fewer = old - new;
+            let withdrawn = self.places.forget_permits(fewer);
+            self.owed.fetch_add(fewer - withdrawn, Ordering::Relaxed);
+        }
+        *current = (limits, new);
     }
 
     /// Connections counted now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
+    pub fn open(&self) -> usize {
+        let places = self.limits.lock().unwrap_or_else(|p| p.into_inner()).1;
+        (places + self.owed.load(Ordering::Relaxed)).saturating_sub(self.places.available_permits())
     }
 
-    /// Takes a place under the limit: at once, after a bounded wait
-    /// (`on_limit = "queue"`), or not at all. Without a maximum the
-    /// connection is still counted, so a limit a reload brings in finds
-    /// the connections already open.
+    /// Takes a place under the limit: at once, after a bounded wait in
+    /// arrival order (`on_limit = "queue"`), or not at all.
     pub async fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        // Each try reads the maximum in force, so a reload that raises or
-        // lifts it lets queued connections in at once.
-        let try_take = || match self.limits.lock().unwrap_or_else(|p| p.into_inner()).max_connections {
-            None => {
-                self.open.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Some(max) => self
-                .open
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < u64::from(max)).then_some(n + 1))
-                .is_ok(),
-        };
-        if try_take() {
+        if let Ok(permit) = self.places.try_acquire() {
+            permit.forget();
             return Some(ConnectionSlot(self.clone()));
         }
         let (on_limit, queue_timeout) = {
-            let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+            let limits = &self.limits.lock().unwrap_or_else(|p| p.into_inner()).0;
             (limits.on_limit, limits.queue_timeout)
         };
         if on_limit == OnLimit::Refuse {
             return None;
         }
-        let wait = async {
-            loop {
-                // Registered before the check, so a release in between is not missed.
-                let released = self.released.notified();
-                tokio::pin!(released);
-                released.as_mut().enable();
-                if try_take() {
-                    return ConnectionSlot(self.clone());
-                }
-                released.await;
+        match Box::pin(tokio::time::timeout(queue_timeout, self.places.acquire())).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Some(ConnectionSlot(self.clone()))
             }
-        };
-        Box::pin(tokio::time::timeout(queue_timeout, wait)).await.ok()
+            _ => None,
+        }
     }
 }
 
@@ -85,8 +97,12 @@ pub struct ConnectionSlot(Arc<ConnectionLimit>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.released.notify_one();
+        let limit = &self.0;
+        let settled =
+            limit.owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        if !settled {
+            limit.places.add_permits(1);
+        }
     }
 }
 
@@ -98,6 +114,18 @@ mod tests {
 
     fn limits(max: Option<u32>, on_limit: OnLimit) -> Limits {
         Limits { max_connections: max, on_limit, queue_timeout: Duration::from_secs(5) }
+    }
+
+    /// Spawns an admission and lets it run until it waits (the runtime of
+    /// these tests is one thread, so the yield runs it).
+    async fn queue_one(limit: &Arc<ConnectionLimit>) -> tokio::task::JoinHandle<Option<ConnectionSlot>> {
+        let task = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.admit().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished(), "it waits");
+        task
     }
 
     #[tokio::test]
@@ -123,32 +151,57 @@ mod tests {
         assert!(limit.admit().await.is_some());
     }
 
-    #[tokio::test]
-    async fn a_queued_connection_gets_the_place_a_close_frees() {
+    // Paused time: a lost wake-up would run into the 5 s queue timeout at
+    // once and fail the test, rather than pass it late.
+    #[tokio::test(start_paused = true)]
+    async fn queued_connections_get_freed_places_in_arrival_order() {
         let limit = ConnectionLimit::new(limits(Some(1), OnLimit::Queue));
         let holder = limit.admit().await.expect("holder");
-        let waiting = tokio::spawn({
-            let limit = limit.clone();
-            async move { limit.admit().await.is_some() }
-        });
-        // Not admitted while the holder is open.
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        let first = queue_one(&limit).await;
+        let second = queue_one(&limit).await;
         drop(holder);
-        assert!(waiting.await.expect("task"), "the queued connection is admitted");
+        // The freed place went to the first in the queue, not to a newcomer.
+        assert!(limit.places.try_acquire().is_err(), "a newcomer finds no place");
+        let first = first.await.expect("task").expect("the first queued is admitted");
+        assert!(!second.is_finished());
+        drop(first);
+        assert!(second.await.expect("task").is_some(), "then the second");
+        assert_eq!(limit.open(), 0);
     }
 
     #[tokio::test]
+    async fn a_lowered_limit_takes_its_places_back_as_connections_close() {
+        let limit = ConnectionLimit::new(limits(Some(3), OnLimit::Refuse));
+        let mut held: Vec<_> = futures_util::future::join_all((0..3).map(|_| limit.admit())).await;
+        limit.set(limits(Some(1), OnLimit::Refuse));
+        assert_eq!(limit.open(), 3);
+        held.pop();
+        assert!(limit.admit().await.is_none(), "two open, one allowed");
+        held.pop();
+        assert!(limit.admit().await.is_none(), "one open, one allowed");
+        held.pop();
+        assert_eq!(limit.open(), 0);
+        let _one = limit.admit().await.expect("none open");
+        assert!(limit.admit().await.is_none(), "and only one");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn raising_the_limit_admits_queued_connections() {
         let limit = ConnectionLimit::new(limits(Some(1), OnLimit::Queue));
         let _holder = limit.admit().await.expect("holder");
-        let waiting = tokio::spawn({
-            let limit = limit.clone();
-            async move { limit.admit().await.map(|_slot| ()) }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "queued behind the holder");
+        let waiting = queue_one(&limit).await;
         limit.set(limits(Some(2), OnLimit::Queue));
-        assert!(waiting.await.expect("task").is_some(), "admitted beside the holder");
+        let admitted = waiting.await.expect("task");
+        assert!(admitted.is_some(), "admitted beside the holder");
+        assert_eq!(limit.open(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_connection_gives_up_after_the_queue_timeout() {
+        let limit = ConnectionLimit::new(limits(Some(1), OnLimit::Queue));
+        let holder = limit.admit().await.expect("holder");
+        assert!(limit.admit().await.is_none(), "5 s in the queue, then refused");
+        drop(holder);
+        assert!(limit.admit().await.is_some(), "the place it gave up is free");
     }
 }

@@ -40,7 +40,7 @@ pub struct ServiceRuntime {
     pub limits: Limits,
     /// Connections open now against `[service.limits]`, carried across reloads.
     pub connections: Arc<crate::limit::ConnectionLimit>,
-    pub stats: crate::stats::ServiceStats,
+    pub stats: Arc<crate::stats::ServiceStats>,
 }
 
 /// A route with its pool resolved.
@@ -77,12 +77,10 @@ impl ServiceRuntime {
                 RouteAction::Pool(p) => Some(pools[p.0].clone()),
                 _ => None,
             };
+            // A route's policy has neither `max_sessions` nor a rate (service-only
+            // keys): it has no counts to carry over.
             let policy = match &r.policy {
-                Some(p) => {
-                    let old =
-                        old.and_then(|o| o.routes.iter().find(|o| o.route.name == r.name)?.policy.as_ref());
-                    Some(PolicyRuntime::new(p, base, old).map_err(|e| e.at(&s.name, Some(&r.name)))?)
-                }
+                Some(p) => Some(PolicyRuntime::new(p, base, None).map_err(|e| e.at(&s.name, Some(&r.name)))?),
                 None => None,
             };
             routes.push(RouteRuntime { route: r.clone(), pool, policy });
@@ -116,7 +114,8 @@ impl ServiceRuntime {
                 Some(o) => o.connections.clone(),
                 None => crate::limit::ConnectionLimit::new(s.limits.clone()),
             },
-            stats: crate::stats::ServiceStats::default(),
+            // Counters go on from the previous generation: `/metrics` counters never go back.
+            stats: old.map_or_else(Default::default, |o| o.stats.clone()),
         })
     }
 
@@ -456,19 +455,28 @@ mod tests {
     }
 
     #[test]
-    fn a_reloaded_policy_keeps_its_sessions_and_unchanged_rates() {
+    fn a_reloaded_policy_keeps_each_clients_rate_unless_the_rate_changed() {
+        // No max_sessions here: a refusal can only be the rate's. One new
+        // session a second; the second admission follows at once.
         let client: IpAddr = "192.0.2.7".parse().unwrap();
-        let old = PolicyRuntime::new(&policy(Some(1), Some(1)), Path::new("."), None).unwrap();
-        let session = old.admit(client).expect("first session");
-        // Same rate, max_sessions raised to 2: the open session still counts,
-        // and the client has spent its one new session this second.
-        let same = PolicyRuntime::new(&policy(Some(1), Some(2)), Path::new("."), Some(&old)).unwrap();
+        let old = PolicyRuntime::new(&policy(Some(1), None), Path::new("."), None).unwrap();
+        let _first = old.admit(client).expect("first session");
+        let same = PolicyRuntime::new(&policy(Some(1), None), Path::new("."), Some(&old)).unwrap();
         assert!(matches!(same.admit(client), Err(Refusal::TooMany { .. })), "the rate was reset");
-        // Rate changed: a fresh allowance; the open session still counts against 2.
-        let changed = PolicyRuntime::new(&policy(Some(5), Some(2)), Path::new("."), Some(&same)).unwrap();
-        let second = changed.admit(client).expect("a new rate admits");
-        assert!(changed.admit(client).is_err(), "two open, max_sessions 2");
+        let changed = PolicyRuntime::new(&policy(Some(5), None), Path::new("."), Some(&same)).unwrap();
+        assert!(changed.admit(client).is_ok(), "a changed rate starts afresh");
+    }
+
+    #[test]
+    fn a_reloaded_policy_counts_the_sessions_open_before() {
+        // No rate here: a refusal can only be max_sessions'.
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let old = PolicyRuntime::new(&policy(None, Some(1)), Path::new("."), None).unwrap();
+        let session = old.admit(client).expect("first session");
+        let raised = PolicyRuntime::new(&policy(None, Some(2)), Path::new("."), Some(&old)).unwrap();
+        let second = raised.admit(client).expect("two allowed now");
+        assert!(raised.admit(client).is_err(), "the one opened before the reload counts");
         drop((session, second));
-        assert!(changed.admit(client).is_ok(), "closed sessions free their places");
+        assert!(raised.admit(client).is_ok(), "closed sessions free their places");
     }
 }

@@ -262,6 +262,25 @@ fn reload_via_the_api_applies_or_explains() {
 }
 
 #[test]
+fn service_counters_go_on_across_a_reload() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let lb = Lb::start(&config(&[("a", a.addr)], ""));
+    let requests = |t: &str| sample(t, r#"fulcrum_service_requests_total{service="web"}"#);
+    for _ in 0..3 {
+        lb.request();
+    }
+    let before = requests(&lb.metrics());
+    assert!(before >= 3.0, "{before}");
+    let file = lb.f.proc.dir.path().join("fulcrum.toml");
+    std::fs::write(&file, config(&[("a", a.addr), ("b", b.addr)], "")).expect("rewrite");
+    let (status, body) = lb.post("/api/v1/reload", "", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(requests(&lb.metrics()) >= before, "a counter went back with the reload");
+    lb.request();
+    assert!(requests(&lb.metrics()) > before);
+}
+
+#[test]
 fn metrics_move_with_traffic() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let lb = Lb::start(&config(&[("a", a.addr), ("b", b.addr)], ""));
