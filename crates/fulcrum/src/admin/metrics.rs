@@ -162,6 +162,13 @@ impl Collector for Collect {
             }),
         )?;
 
+        gauges(
+            &mut enc,
+            "fulcrum_service_connections",
+            "Client connections open now, counted against the service's max_connections.",
+            live.services.iter().map(|s| (svc(s), gauge_value(s.connections.open() as u64))),
+        )?;
+
         // Backends: every (pool, backend) pair, in configuration order.
         let backends: Vec<_> =
             live.pools.iter().flat_map(|p| (0..p.backends.len()).map(move |i| (p, BackendId(i)))).collect();
