@@ -24,9 +24,9 @@ pub struct ConnectionLimit {
     /// Places withdrawn by a lowered limit that connections still hold:
     /// each one closing while this is above zero gives its place up.
     owed: AtomicUsize,
-    /// The limits in force and the places they make; read when a
-    /// connection has to wait or be refused, and on reload.
-    limits: Mutex<(Limits, usize)>,
+    /// The limits in force; read when a connection has to wait or be
+    /// refused, and on reload.
+    limits: Mutex<Limits>,
 }
 
 fn places_of(limits: &Limits) -> usize {
@@ -35,18 +35,17 @@ fn places_of(limits: &Limits) -> usize {
 
 impl ConnectionLimit {
     pub fn new(limits: Limits) -> Arc<ConnectionLimit> {
-        let places = places_of(&limits);
         Arc::new(ConnectionLimit {
-            places: Semaphore::new(places),
+            places: Semaphore::new(places_of(&limits)),
             owed: AtomicUsize::new(0),
-            limits: Mutex::new((limits, places)),
+            limits: Mutex::new(limits),
         })
     }
 
     /// Puts `limits` in force (at start, and when a reload commits).
     pub fn set(&self, limits: Limits) {
         let mut current = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        let (old, new) = (current.1, places_of(&limits));
+        let (old, new) = (places_of(&current), places_of(&limits));
         if new > old {
             // Places still owed are cancelled first; what is left is added.
             let mut more = new - old;
@@ -59,12 +58,12 @@ impl ConnectionLimit {
             let withdrawn = self.places.forget_permits(fewer);
             self.owed.fetch_add(fewer - withdrawn, Ordering::Relaxed);
         }
-        *current = (limits, new);
+        *current = limits;
     }
 
     /// Connections counted now.
     pub fn open(&self) -> usize {
-        let places = self.limits.lock().unwrap_or_else(|p| p.into_inner()).1;
+        let places = places_of(&self.limits.lock().unwrap_or_else(|p| p.into_inner()));
         (places + self.owed.load(Ordering::Relaxed)).saturating_sub(self.places.available_permits())
     }
 
@@ -76,7 +75,7 @@ impl ConnectionLimit {
             return Some(ConnectionSlot(self.clone()));
         }
         let (on_limit, queue_timeout) = {
-            let limits = &self.limits.lock().unwrap_or_else(|p| p.into_inner()).0;
+            let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
             (limits.on_limit, limits.queue_timeout)
         };
         if on_limit == OnLimit::Refuse {

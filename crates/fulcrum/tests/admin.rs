@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{admin_config as config, read_response, Backend, Fulcrum};
+use common::{admin_config as config, held_connection, Backend, Fulcrum};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -267,15 +267,7 @@ fn open_connections_show_per_service() {
     let lb = Lb::start(&config(&[("a", a.addr)], ""));
     let open = |t: &str| sample(t, r#"fulcrum_service_connections{service="web"}"#);
     assert_eq!(open(&lb.metrics()), 0.0);
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = TcpStream::connect(lb.f.addr()).expect("connect");
-            s.set_read_timeout(Some(WAIT)).expect("timeout");
-            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-            assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
-            s
-        })
-        .collect();
+    let held: Vec<TcpStream> = (0..2).map(|_| held_connection(lb.f.addr())).collect();
     assert_eq!(open(&lb.metrics()), 2.0, "two answered keep-alive connections");
     drop(held);
     wait_until("the closed connections to leave the count", || open(&lb.metrics()) == 0.0);

@@ -6,23 +6,15 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{config, raw, read_response, Backend, Fulcrum};
-
-fn held_connection(f: &Fulcrum) -> TcpStream {
-    let mut s = TcpStream::connect(f.addr()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
-    s
-}
+use common::{config, held_connection, raw, read_response, Backend, Fulcrum};
 
 #[test]
 fn over_the_limit_is_refused_then_recovers() {
     let b = Backend::start("b");
     let limits = "[service.limits]\nmax_connections = 2\non_limit = \"refuse\"";
     let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], limits, ""), 1);
-    let first = held_connection(&f);
-    let _second = held_connection(&f);
+    let first = held_connection(f.addr());
+    let _second = held_connection(f.addr());
     let out = raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(out.starts_with("HTTP/1.1 503 ") && out.contains("connection limit"), "{out}");
     drop(first);
@@ -42,7 +34,7 @@ fn over_the_limit_waits_in_the_queue() {
     let b = Backend::start("b");
     let limits = "[service.limits]\nmax_connections = 1\non_limit = \"queue\"\nqueue_timeout = \"10s\"";
     let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], limits, ""), 1);
-    let holder = held_connection(&f);
+    let holder = held_connection(f.addr());
     let mut waiter = TcpStream::connect(f.addr()).expect("connect");
     waiter.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("write");
     // Held, not refused and not served, while the only slot is taken.
@@ -70,7 +62,7 @@ fn an_idle_keep_alive_connection_is_closed() {
     let b = Backend::start("b");
     let t = "[service.timeouts]\nclient_idle = \"300ms\"";
     let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], t, ""), 1);
-    let mut s = held_connection(&f);
+    let mut s = held_connection(f.addr());
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).expect("closed by Fulcrum before the 10 s read timeout"), 0);
 }
@@ -115,7 +107,7 @@ fn out_of_descriptors_pauses_accepting_then_recovers() {
     let b = Backend::start("b");
     let f = Fulcrum::start(&config("http", &[("b", b.addr, 1)], "", ""), 1);
     // A first request opens the backend connection the later ones reuse.
-    let mut first = held_connection(&f);
+    let mut first = held_connection(f.addr());
     let pid = f.proc.child.id();
     // Room for 4 more descriptors beyond what Fulcrum holds now.
     let limit = (common::fd_count(pid) + 4) as u64;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, raw, read_response, Backend, Fulcrum};
+use common::{config, held_connection, raw, Backend, Fulcrum};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -19,17 +19,6 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
         return Err(out);
     }
     out.lines().find_map(|l| l.strip_prefix("x-backend: ").map(str::to_owned)).ok_or(out)
-}
-
-/// A keep-alive connection known to be admitted: its first request was answered 200.
-fn held(addr: SocketAddr) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-    let r = read_response(&mut s);
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    s
 }
 
 fn names(addr: SocketAddr, n: usize) -> Vec<String> {
@@ -143,7 +132,7 @@ fn connections_open_before_a_reload_count_against_its_limits() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let limits = |n: u32| format!("[service.limits]\nmax_connections = {n}\non_limit = \"refuse\"");
     let f = Fulcrum::start(&config("http", &[("a", a.addr, 1)], &limits(2), ""), 1);
-    let _held = [held(f.addr()), held(f.addr())];
+    let _held = [held_connection(f.addr()), held_connection(f.addr())];
     let over = || raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let out = over();
     assert!(out.starts_with("HTTP/1.1 503 ") && out.contains("connection limit"), "{out}");
@@ -155,7 +144,7 @@ fn connections_open_before_a_reload_count_against_its_limits() {
     // A raised limit counts them too: one more, not three more.
     let verdict = f.reload(&config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], &limits(3), ""));
     assert!(verdict.contains("service \"web\" changed"), "{verdict}");
-    let _third = held(f.addr());
+    let _third = held_connection(f.addr());
     let out = over();
     assert!(out.starts_with("HTTP/1.1 503 "), "a fourth connection under a limit of three: {out}");
 }
@@ -165,7 +154,7 @@ fn sessions_open_before_a_reload_count_against_max_sessions() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let policy = "[service.policy]\nmax_sessions = 2";
     let f = Fulcrum::start(&config("http", &[("a", a.addr, 1)], policy, ""), 1);
-    let _held = [held(f.addr()), held(f.addr())];
+    let _held = [held_connection(f.addr()), held_connection(f.addr())];
     let verdict = f.reload(&config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], policy, ""));
     assert!(verdict.contains("pool \"web\" changed"), "{verdict}");
     let out = raw(f.addr(), b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");

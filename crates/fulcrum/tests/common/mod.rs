@@ -214,6 +214,16 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A keep-alive connection known to be admitted: its first request was answered 200.
+pub fn held_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let r = read_response(&mut s);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    s
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body from a blocking stream.
 pub fn read_response(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
