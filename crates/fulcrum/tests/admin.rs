@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{admin_config as config, held_connection, Backend, Fulcrum};
+use common::{admin_config as config, admin_config_with, held_connection, Backend, Fulcrum};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -99,6 +99,7 @@ fn services_and_pools_show_the_running_configuration() {
     assert_eq!(services[0]["mode"], "http");
     assert_eq!(services[0]["pool"], "web");
     assert_eq!(services[0]["routes"], json!([]));
+    assert_eq!(services[0]["max_connections"], Value::Null, "no limit configured");
 
     for _ in 0..4 {
         lb.request();
@@ -264,13 +265,18 @@ fn reload_via_the_api_applies_or_explains() {
 #[test]
 fn open_connections_show_per_service() {
     let a = Backend::start("a");
-    let lb = Lb::start(&config(&[("a", a.addr)], ""));
+    let lb = Lb::start(&admin_config_with(&[("a", a.addr)], "[service.limits]\nmax_connections = 5", ""));
     let open = |t: &str| sample(t, r#"fulcrum_service_connections{service="web"}"#);
+    let in_api = || lb.get("/api/v1/services").1[0]["connections"].clone();
     assert_eq!(open(&lb.metrics()), 0.0);
+    assert_eq!(in_api(), 0);
+    assert_eq!(lb.get("/api/v1/services").1[0]["max_connections"], 5);
     let held: Vec<TcpStream> = (0..2).map(|_| held_connection(lb.f.addr())).collect();
     assert_eq!(open(&lb.metrics()), 2.0, "two answered keep-alive connections");
+    assert_eq!(in_api(), 2);
     drop(held);
     wait_until("the closed connections to leave the count", || open(&lb.metrics()) == 0.0);
+    assert_eq!(in_api(), 0);
 }
 
 #[test]

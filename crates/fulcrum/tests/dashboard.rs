@@ -197,7 +197,12 @@ async fn the_dashboard_shows_a_backend_going_down_and_a_drain_taking_effect() {
          [[snat_pool]]\nname = \"to-servers\"\nfirst_ip = \"127.0.0.31\"\nlast_ip = \"127.0.0.34\"\n\
          netmask = \"255.0.0.0\"\nports = \"47000-47127\"\nblock_size = 16\ninitial_blocks = 2\nmax_blocks = 8\n",
         tokens.display(),
-        config("http", &[("web1", web1.addr, 2), ("web2", web2.addr, 1), ("web3", web3.addr, 1)], "", pool)
+        config(
+            "http",
+            &[("web1", web1.addr, 2), ("web2", web2.addr, 1), ("web3", web3.addr, 1)],
+            "[service.limits]\nmax_connections = 100",
+            pool
+        )
     );
     cfg = cfg.replacen("weight = 2\n", &format!("weight = 2\nagent = \"{}\"\n", agent.addr), 1);
     let f = Fulcrum::start(&cfg, 2);
@@ -272,6 +277,11 @@ async fn the_dashboard_shows_a_backend_going_down_and_a_drain_taking_effect() {
                 }
             })
             .await;
+            assert_eq!(
+                text(&client, "#service-web .connections").await.as_deref(),
+                Some("3 / 100"),
+                "the three clients still connected, against the limit"
+            );
 
             // A backend dies: the page shows it down, with the reason.
             web2.proc.child.kill().expect("kill web2");

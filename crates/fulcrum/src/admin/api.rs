@@ -49,6 +49,10 @@ pub struct ServiceView {
     pub routes: Vec<RouteView>,
     /// Sessions open now (rows of the session table).
     pub sessions: usize,
+    /// Client connections open now, counted against `max_connections`.
+    pub connections: usize,
+    /// `[service.limits] max_connections`; `null` when unlimited.
+    pub max_connections: Option<u32>,
     pub counters: ServiceCounters,
 }
 
@@ -130,6 +134,8 @@ fn service_view(s: &ServiceRuntime, open: usize) -> ServiceView {
         pool: s.pool.as_ref().map(|p| p.name.to_string()),
         routes,
         sessions: open,
+        connections: s.connections.open(),
+        max_connections: s.limits.max_connections,
         counters: service_counters(&s.stats),
     }
 }

@@ -505,7 +505,13 @@ impl Fulcrum {
 /// An http service `web` over `backends` (weight 1, round robin, no health
 /// checks), the admin API on a free port, and `admin_extra` lines in `[admin]`.
 pub fn admin_config(backends: &[(&str, SocketAddr)], admin_extra: &str) -> String {
+    admin_config_with(backends, "", admin_extra)
+}
+
+/// [`admin_config`] with `service_extra` lines inside the service table.
+pub fn admin_config_with(backends: &[(&str, SocketAddr)], service_extra: &str, admin_extra: &str) -> String {
     let backends: Vec<(&str, SocketAddr, u32)> = backends.iter().map(|&(n, a)| (n, a, 1)).collect();
     let pool = "algorithm = \"round_robin\"\n[pool.health]\nkind = \"none\"\n";
-    format!("{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n", config("http", &backends, "", pool))
+    let service = config("http", &backends, service_extra, pool);
+    format!("{service}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n")
 }
