@@ -60,8 +60,10 @@ fn listeners_are_added_and_removed() {
     let a = Backend::start("a");
     let one = config("http", &[("a", a.addr, 1)], "", "");
     let mut f = Fulcrum::start(&one, 1);
+    // On an address of its own: between the listener's close and its
+    // re-bind below, no other test's connection can take its port.
     let second = format!(
-        "{one}\n[[service]]\nname = \"extra\"\nlisten = [\"127.0.0.1:0\"]\nmode = \"http\"\npool = \"web\"\n"
+        "{one}\n[[service]]\nname = \"extra\"\nlisten = [\"127.0.0.77:0\"]\nmode = \"http\"\npool = \"web\"\n"
     );
     let verdict = f.reload(&second);
     assert!(verdict.contains("service \"extra\" added"), "{verdict}");
@@ -168,6 +170,21 @@ fn reloads_under_load_lose_no_request() {
     let two = config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], "", "");
     let f = Fulcrum::start(&one, 1);
     let addr = f.addr();
+    // A slow request under way at backend a before the reloads (no health
+    // checks here: a's requests are the slow one and the counter reads)...
+    let slow = std::thread::spawn(move || get(addr, "/delay/10000"));
+    let requests_at_a = || {
+        let out = raw(a.addr, b"GET /_counters HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let body = out.split("\"requests\":").nth(1).unwrap_or_else(|| panic!("no count in {out}"));
+        body.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().expect("a count")
+    };
+    let start = std::time::Instant::now();
+    let mut reads = 1;
+    while requests_at_a() < reads + 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the slow request never reached the backend");
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..4)
@@ -191,8 +208,6 @@ fn reloads_under_load_lose_no_request() {
             })
         })
         .collect();
-    // A slow request started before the reloads finishes after them.
-    let slow = std::thread::spawn(move || get(addr, "/delay/1500"));
     for i in 0..10 {
         // Each reload under load: some requests answered since the last one.
         let answered = |n: &AtomicUsize| n.load(Ordering::SeqCst);
@@ -204,6 +219,8 @@ fn reloads_under_load_lose_no_request() {
         }
         f.reload(if i % 2 == 0 { &two } else { &one });
     }
+    // ...and still under way after them, so every reload happened while it was in flight.
+    assert!(!slow.is_finished(), "the slow request ended before the last reload: it tested nothing");
     stop.store(true, Ordering::SeqCst);
     let errors: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
     assert!(slow.join().expect("slow").is_ok(), "the slow request was cut");
