@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""The least a TCP-terminating forwarder can do: bench/bulk-ns's `floor` path.
+"""A minimal blocking-splice forwarder: bench/bulk-ns's `floor` path. Needs Python >= 3.10.
 
     splice-floor.py LISTEN_PORT BACKEND_PORT...
 
 Accepts on 127.0.0.1:LISTEN_PORT, connects each client to the next backend on 127.0.0.1 in
 turn, and moves bytes each way with a thread that splices, blocking, through a 1 MiB pipe
-(Fulcrum's size): no event loop, no readiness, no session table, no limits. It is what any
-proxy that ends the client's TCP connection and opens its own to a backend has to do at the
-least, so a proxy's bulk figure beside this one says how much of its gap to direct is its own
-and how much is the second TCP hop on this machine. A yardstick, not a proxy: no timeouts,
-and errors just end the connection.
+(Fulcrum's size): no event loop, no readiness, no session table, no limits. It is about the
+least a proxy that ends the client's TCP connection and opens its own to a backend can do, so
+a proxy's bulk figure beside this one shows how much of its gap to direct comes with the
+second TCP hop on this machine. A yardstick, not a proxy: no timeouts, and an error ends the
+connection.
 """
 import fcntl
 import os
@@ -18,14 +18,21 @@ import sys
 import threading
 
 PIPE_SIZE = 1 << 20
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ from Python 3.10 on Linux; spelt out for older ones
 
 
 def pump(src, dst):
-    """Splices src into dst until src's end, then half-closes dst."""
-    r, w = os.pipe()
+    """Splices src into dst until src's end, then half-closes dst. On an error both sockets are
+    shut down, so the other direction's blocking splice returns too."""
     try:
-        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+        r, w = os.pipe()
+    except OSError:
+        abort(src, dst)
+        return
+    try:
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default size only costs speed, as in Fulcrum
         while True:
             n = os.splice(src.fileno(), w, PIPE_SIZE)
             if n == 0:
@@ -34,10 +41,18 @@ def pump(src, dst):
                 n -= os.splice(r, dst.fileno(), n)
         dst.shutdown(socket.SHUT_WR)
     except OSError:
-        pass
+        abort(src, dst)
     finally:
         os.close(r)
         os.close(w)
+
+
+def abort(*sockets):
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def serve(client, backend_port):
@@ -49,7 +64,7 @@ def serve(client, backend_port):
     with client, backend:
         for s in (client, backend):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        up = threading.Thread(target=pump, args=(client, backend))
+        up = threading.Thread(target=pump, args=(client, backend), daemon=True)
         up.start()
         pump(backend, client)
         up.join()

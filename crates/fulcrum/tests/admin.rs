@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{admin_config as config, admin_config_with, held_connection, Backend, Fulcrum};
+use common::{admin_config as config, admin_config_with, Backend, Fulcrum};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -99,7 +99,7 @@ fn services_and_pools_show_the_running_configuration() {
     assert_eq!(services[0]["mode"], "http");
     assert_eq!(services[0]["pool"], "web");
     assert_eq!(services[0]["routes"], json!([]));
-    assert_eq!(services[0]["max_connections"], Value::Null, "no limit configured");
+    assert_eq!(services[0].get("max_connections"), Some(&Value::Null), "no limit configured");
 
     for _ in 0..4 {
         lb.request();
@@ -265,18 +265,37 @@ fn reload_via_the_api_applies_or_explains() {
 #[test]
 fn open_connections_show_per_service() {
     let a = Backend::start("a");
-    let lb = Lb::start(&admin_config_with(&[("a", a.addr)], "[service.limits]\nmax_connections = 5", ""));
+    // Connections from 127.0.0.1 open with a PROXY header, so one that sends
+    // nothing is admitted (counted) but not yet a session.
+    let service = "accept_proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+                   [service.limits]\nmax_connections = 5";
+    let lb = Lb::start(&admin_config_with(&[("a", a.addr)], service, ""));
     let open = |t: &str| sample(t, r#"fulcrum_service_connections{service="web"}"#);
-    let in_api = || lb.get("/api/v1/services").1[0]["connections"].clone();
+    let in_api = || {
+        let (_, services) = lb.get("/api/v1/services");
+        (services[0]["connections"].clone(), services[0]["sessions"].clone())
+    };
     assert_eq!(open(&lb.metrics()), 0.0);
-    assert_eq!(in_api(), 0);
+    assert_eq!(in_api(), (json!(0), json!(0)));
     assert_eq!(lb.get("/api/v1/services").1[0]["max_connections"], 5);
-    let held: Vec<TcpStream> = (0..2).map(|_| held_connection(lb.f.addr())).collect();
+    let silent = TcpStream::connect(lb.f.addr()).expect("connect");
+    wait_until("the silent connection to be counted", || open(&lb.metrics()) == 1.0);
+    assert_eq!(in_api(), (json!(1), json!(0)), "admitted, but no session before its PROXY header");
+    drop(silent);
+    wait_until("the silent connection to leave the count", || open(&lb.metrics()) == 0.0);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(lb.f.addr()).expect("connect");
+        s.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("write");
+        assert!(common::read_response(&mut s).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
     assert_eq!(open(&lb.metrics()), 2.0, "two answered keep-alive connections");
-    assert_eq!(in_api(), 2);
+    assert_eq!(in_api(), (json!(2), json!(2)));
     drop(held);
     wait_until("the closed connections to leave the count", || open(&lb.metrics()) == 0.0);
-    assert_eq!(in_api(), 0);
+    assert_eq!(in_api().0, 0);
 }
 
 #[test]

@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, held_connection, raw, Backend, Fulcrum};
+use common::{config, held_connection, raw, read_response, Backend, Fulcrum};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -170,19 +171,27 @@ fn reloads_under_load_lose_no_request() {
     let two = config("http", &[("a", a.addr, 1), ("b", b.addr, 1)], "", "");
     let f = Fulcrum::start(&one, 1);
     let addr = f.addr();
-    // A slow request under way at backend a before the reloads (no health
-    // checks here: a's requests are the slow one and the counter reads)...
-    let slow = std::thread::spawn(move || get(addr, "/delay/10000"));
+    // A request in flight through every reload: its head reaches backend a
+    // before the first one, its body only after the last. No health checks
+    // here, so a's requests are this one and the counter reads, each of
+    // which counts itself.
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n").expect("write the head");
     let requests_at_a = || {
         let out = raw(a.addr, b"GET /_counters HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         let body = out.split("\"requests\":").nth(1).unwrap_or_else(|| panic!("no count in {out}"));
         body.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().expect("a count")
     };
     let start = std::time::Instant::now();
-    let mut reads = 1;
-    while requests_at_a() < reads + 1 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the slow request never reached the backend");
-        reads += 1;
+    for reads in 1.. {
+        if requests_at_a() > reads {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the slow request's head never reached the backend"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,11 +228,14 @@ fn reloads_under_load_lose_no_request() {
         }
         f.reload(if i % 2 == 0 { &two } else { &one });
     }
-    // ...and still under way after them, so every reload happened while it was in flight.
-    assert!(!slow.is_finished(), "the slow request ended before the last reload: it tested nothing");
     stop.store(true, Ordering::SeqCst);
     let errors: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
-    assert!(slow.join().expect("slow").is_ok(), "the slow request was cut");
+    slow.write_all(b"hello").expect("the slow request was cut before its body");
+    let answer = read_response(&mut slow);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("a\n"),
+        "the slow request was cut: {answer:?}"
+    );
     assert!(ok.load(Ordering::SeqCst) > 100, "too few requests to mean anything");
     assert_eq!(failed.load(Ordering::SeqCst), 0, "failed: {:?}", errors.first());
 }

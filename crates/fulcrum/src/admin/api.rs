@@ -49,7 +49,9 @@ pub struct ServiceView {
     pub routes: Vec<RouteView>,
     /// Sessions open now (rows of the session table).
     pub sessions: usize,
-    /// Client connections open now, counted against `max_connections`.
+    /// Client connections open now, counted against `max_connections`:
+    /// from admission, so also those not yet a session (a PROXY header
+    /// still awaited).
     pub connections: usize,
     /// `[service.limits] max_connections`; `null` when unlimited.
     pub max_connections: Option<u32>,
