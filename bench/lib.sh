@@ -130,13 +130,15 @@ EOF
 # port_busy PORT: true when something accepts connections on 127.0.0.1:PORT.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# install_apt_tools LOGFILE: `apt-get install` HAProxy, NGINX (with its stream module), wrk and
-# curl when one is missing, without letting Debian's maintainer scripts start the services.
+# install_apt_tools LOGFILE [PACKAGE:COMMAND...]: `apt-get install` HAProxy, NGINX (with its
+# stream module), wrk, curl and each extra PACKAGE whose COMMAND is missing, when one is, without
+# letting Debian's maintainer scripts start the services.
 # POLICY_RC_CREATED=1 while our /usr/sbin/policy-rc.d is in place: the caller's exit trap removes
 # it if the install is interrupted. Fails when apt-get does or the stream module is still missing.
 POLICY_RC_CREATED=0
 install_apt_tools() {
-    local logf=$1 need=()
+    local logf=$1 need=() extra
+    for extra in "${@:2}"; do command -v "${extra#*:}" >/dev/null 2>&1 || need+=("${extra%%:*}"); done
     command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
     command -v nginx >/dev/null 2>&1 || need+=(nginx)
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -151,7 +153,7 @@ install_apt_tools() {
             POLICY_RC_CREATED=1
         fi
         export DEBIAN_FRONTEND=noninteractive
-        { apt-get update && apt-get install -y haproxy nginx wrk libnginx-mod-stream curl; } >"$logf" 2>&1
+        { apt-get update && apt-get install -y haproxy nginx wrk libnginx-mod-stream curl "${need[@]}"; } >"$logf" 2>&1
         local rc=$?
         if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
         [ "$rc" = 0 ] || return 1
