@@ -1,6 +1,6 @@
-# Shared by bench/run, bench/idle and bench/bulk-ns (sourced, not run): the proxies' configurations, so that
-# both scripts measure the same set-up. Every writer takes the backend ports from the array
-# BACKEND_PORTS (three entries, b1..b3) and writes one file.
+# Shared by bench/run, bench/idle and bench/bulk-ns (sourced, not run): the proxies'
+# configurations, so that every script measures the same set-up. Every writer takes the backend
+# ports from the array BACKEND_PORTS (three entries, b1..b3) and writes one file.
 
 # write_fulcrum_toml FILE HTTP_PORT TCP_PORT: service `web` (http) and `bulk` (tcp), round robin
 # over b1..b3.

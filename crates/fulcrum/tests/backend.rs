@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::{read_response, Backend};
+use common::{backend_counters as counters, read_response, Backend};
 
 #[tokio::test]
 async fn endpoints() {
@@ -44,19 +44,6 @@ fn keeps_connections_alive() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
         assert!(read_response(&mut s).ends_with("web1\n"));
     }
-}
-
-/// Reads `/_counters` over `s` as (connections, requests).
-fn counters(s: &mut TcpStream) -> (u64, u64) {
-    s.write_all(b"GET /_counters HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
-    let response = read_response(s);
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body = response.rsplit("\r\n\r\n").next().unwrap_or_default().trim();
-    let number = |key: &str| -> u64 {
-        let rest = body.split(&format!("\"{key}\":")).nth(1).unwrap_or_else(|| panic!("no {key} in {body}"));
-        rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).expect("a count")
-    };
-    (number("connections"), number("requests"))
 }
 
 #[test]

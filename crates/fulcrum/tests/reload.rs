@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, held_connection, raw, read_response, Backend, Fulcrum};
+use common::{backend_counters, config, held_connection, raw, read_response, Backend, Fulcrum};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -178,14 +178,10 @@ fn reloads_under_load_lose_no_request() {
     let mut slow = TcpStream::connect(addr).expect("connect");
     slow.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     slow.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n").expect("write the head");
-    let requests_at_a = || {
-        let out = raw(a.addr, b"GET /_counters HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        let body = out.split("\"requests\":").nth(1).unwrap_or_else(|| panic!("no count in {out}"));
-        body.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().expect("a count")
-    };
+    let mut reader = TcpStream::connect(a.addr).expect("connect to a");
     let start = std::time::Instant::now();
     for reads in 1.. {
-        if requests_at_a() > reads {
+        if backend_counters(&mut reader).1 > reads {
             break;
         }
         assert!(

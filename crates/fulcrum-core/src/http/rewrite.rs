@@ -63,7 +63,6 @@ fn is_hop_by_hop(h: &Header, connection: &[&Header]) -> bool {
         || (!h.is("host") && connection.iter().any(|c| has_token(&c.value, &h.name)))
 }
 
-/// Writes the request head to send to a backend for `head` (always HTTP/1.1).
 /// The non-empty values of the request's `name` fields (the hops before
 /// this one), each followed by ", " for the hop appended after them.
 fn write_earlier_hops(out: &mut Vec<u8>, head: &RequestHead, name: &str, connection: &[&Header]) {
@@ -75,6 +74,7 @@ fn write_earlier_hops(out: &mut Vec<u8>, head: &RequestHead, name: &str, connect
     }
 }
 
+/// Writes the request head to send to a backend for `head` (always HTTP/1.1).
 pub fn write_request_head(head: &RequestHead, info: &ClientInfo, out: &mut Vec<u8>) {
     let connection: Vec<&Header> = head.headers.iter().filter(|h| h.is("connection")).collect();
     out.extend_from_slice(head.method.as_bytes());

@@ -214,6 +214,20 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads a `fulcrum backend`'s `/_counters` over `s` as (connections,
+/// requests); the read counts itself as a request.
+pub fn backend_counters(s: &mut TcpStream) -> (u64, u64) {
+    s.write_all(b"GET /_counters HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+    let response = read_response(s);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.rsplit("\r\n\r\n").next().unwrap_or_default().trim();
+    let number = |key: &str| -> u64 {
+        let rest = body.split(&format!("\"{key}\":")).nth(1).unwrap_or_else(|| panic!("no {key} in {body}"));
+        rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).expect("a count")
+    };
+    (number("connections"), number("requests"))
+}
+
 /// A keep-alive connection known to be admitted: its first request was answered 200.
 pub fn held_connection(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
