@@ -5,9 +5,9 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{admin_config as config, admin_config_with, Backend, Fulcrum};
+use common::{admin_config as config, admin_config_with, wait_until, Backend, Fulcrum};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -79,14 +79,6 @@ fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -165,7 +157,7 @@ fn sessions_list_open_connections_filtered_and_paged() {
     assert!(e["error"].as_str().expect("message").contains("limit 5000"), "{e}");
 
     drop(clients);
-    wait_until("the rows to go", || lb.get("/api/v1/sessions").1["total"] == 0);
+    wait_until("the rows to go", WAIT, || lb.get("/api/v1/sessions").1["total"] == 0);
 }
 
 #[test]
@@ -279,10 +271,10 @@ fn open_connections_show_per_service() {
     assert_eq!(in_api(), (json!(0), json!(0)));
     assert_eq!(lb.get("/api/v1/services").1[0]["max_connections"], 5);
     let silent = TcpStream::connect(lb.f.addr()).expect("connect");
-    wait_until("the silent connection to be counted", || open(&lb.metrics()) == 1.0);
+    wait_until("the silent connection to be counted", WAIT, || open(&lb.metrics()) == 1.0);
     assert_eq!(in_api(), (json!(1), json!(0)), "admitted, but no session before its PROXY header");
     drop(silent);
-    wait_until("the silent connection to leave the count", || open(&lb.metrics()) == 0.0);
+    wait_until("the silent connection to leave the count", WAIT, || open(&lb.metrics()) == 0.0);
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(lb.f.addr()).expect("connect");
@@ -294,7 +286,7 @@ fn open_connections_show_per_service() {
     assert_eq!(open(&lb.metrics()), 2.0, "two answered keep-alive connections");
     assert_eq!(in_api(), (json!(2), json!(2)));
     drop(held);
-    wait_until("the closed connections to leave the count", || open(&lb.metrics()) == 0.0);
+    wait_until("the closed connections to leave the count", WAIT, || open(&lb.metrics()) == 0.0);
     assert_eq!(in_api().0, 0);
 }
 
@@ -336,7 +328,7 @@ fn metrics_move_with_traffic() {
     }
     // A response is counted as its exchange ends, just after the client has read it.
     let mut after = String::new();
-    wait_until("the sixth response to be counted", || {
+    wait_until("the sixth response to be counted", WAIT, || {
         after = lb.metrics();
         ok(&after) - ok(&before) >= 6.0
     });

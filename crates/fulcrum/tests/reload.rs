@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{backend_counters, config, held_connection, raw, read_response, Backend, Fulcrum};
+use common::{backend_counters, config, held_connection, raw, read_response, wait_until, Backend, Fulcrum};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -179,17 +179,11 @@ fn reloads_under_load_lose_no_request() {
     slow.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     slow.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n").expect("write the head");
     let mut reader = TcpStream::connect(a.addr).expect("connect to a");
-    let start = std::time::Instant::now();
-    for reads in 1.. {
-        if backend_counters(&mut reader).1 > reads {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the slow request's head never reached the backend"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut reads = 0;
+    wait_until("the slow request's head to reach backend a", Duration::from_secs(30), || {
+        reads += 1;
+        backend_counters(&mut reader).1 > reads
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let clients: Vec<_> = (0..4)
@@ -217,11 +211,9 @@ fn reloads_under_load_lose_no_request() {
         // Each reload under load: some requests answered since the last one.
         let answered = |n: &AtomicUsize| n.load(Ordering::SeqCst);
         let since = answered(&ok) + answered(&failed);
-        let start = std::time::Instant::now();
-        while answered(&ok) + answered(&failed) < since + 20 {
-            assert!(start.elapsed() < Duration::from_secs(30), "the clients stalled before reload {i}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(&format!("the clients' answers before reload {i}"), Duration::from_secs(30), || {
+            answered(&ok) + answered(&failed) >= since + 20
+        });
         f.reload(if i % 2 == 0 { &two } else { &one });
     }
     stop.store(true, Ordering::SeqCst);

@@ -214,6 +214,15 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Polls `done` until it holds; fails the test, naming `what`, after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reads a `fulcrum backend`'s `/_counters` over `s` as (connections,
 /// requests); the read counts itself as a request.
 pub fn backend_counters(s: &mut TcpStream) -> (u64, u64) {
