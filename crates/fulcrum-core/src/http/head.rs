@@ -3,6 +3,7 @@
 
 use super::{has_token, BodyKind, HeadError, Header, Version};
 use super::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_REQUEST_LINE};
+use std::mem::MaybeUninit;
 
 /// A parsed request head with its framing decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,9 +70,12 @@ fn parse_request_line_on(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     if line_len(head) > MAX_REQUEST_LINE {
         return Err(HeadError::UriTooLong);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(head) {
+    // Uninitialised slots: httparse writes only those it fills. Clearing all
+    // 100 here and in parse_response cost 567 instructions a keep-alive
+    // request (callgrind, bench/RESULTS.md session 7).
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut fields) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("malformed request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
@@ -148,9 +152,9 @@ pub fn parse_response(buf: &[u8], method: &str) -> Result<Option<ResponseHead>, 
     };
     let head = &buf[..head_end];
     check_line_endings(head)?;
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    match res.parse(head) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, head, &mut fields) {
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         _ => return Err(HeadError::Malformed("malformed response head")),
