@@ -391,6 +391,17 @@ mod tests {
         assert_eq!(req(&big), Err(HeadError::TooLarge));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: y\r\n")).collect();
         assert_eq!(req(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")), Err(HeadError::TooLarge));
+        let res = |extra: &str| parse_response(format!("HTTP/1.1 200 OK\r\n{extra}\r\n").as_bytes(), "GET");
+        assert_eq!(res(&many), Err(HeadError::TooLarge));
+        // Exactly as many fields as there are slots: all kept, in order.
+        let full: String = (0..MAX_HEADERS - 1).map(|i| format!("X{i}: y{i}\r\n")).collect();
+        let head = req(&format!("GET / HTTP/1.1\r\nHost: x\r\n{full}\r\n")).unwrap().unwrap();
+        assert_eq!(head.headers.len(), MAX_HEADERS);
+        assert_eq!(head.headers[MAX_HEADERS - 1].value, format!("y{}", MAX_HEADERS - 2).into_bytes());
+        let full: String = (0..MAX_HEADERS).map(|i| format!("X{i}: y{i}\r\n")).collect();
+        let head = res(&full).unwrap().unwrap();
+        assert_eq!(head.headers.len(), MAX_HEADERS);
+        assert_eq!(head.headers[0].name, "X0");
     }
 
     #[test]
