@@ -48,11 +48,13 @@ impl ConnectionLimit {
         let (old, new) = (places_of(&current), places_of(&limits));
         if new > old {
             // Places still owed are cancelled first; what is left is added.
-            let mut more = new - old;
-            let cancel = self.owed.load(Ordering::Relaxed).min(more);
-            self.owed.fetch_sub(cancel, Ordering::Relaxed);
-            more -= cancel;
-            self.places.add_permits(more);
+            // One atomic step: a closing connection may settle a debt meanwhile.
+            let more = new - old;
+            let owed = self
+                .owed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n - n.min(more)))
+                .unwrap_or_else(|n| n);
+            self.places.add_permits(more - owed.min(more));
         } else if new < old {
             let fewer = old - new;
             let withdrawn = self.places.forget_permits(fewer);
@@ -182,6 +184,20 @@ mod tests {
         assert_eq!(limit.open(), 0);
         let _one = limit.admit().await.expect("none open");
         assert!(limit.admit().await.is_none(), "and only one");
+    }
+
+    #[tokio::test]
+    async fn a_raised_limit_first_cancels_what_a_lowered_one_is_still_owed() {
+        let limit = ConnectionLimit::new(limits(Some(3), OnLimit::Refuse));
+        let mut held: Vec<_> = futures_util::future::join_all((0..3).map(|_| limit.admit())).await;
+        limit.set(limits(Some(1), OnLimit::Refuse)); // two places owed
+        limit.set(limits(Some(2), OnLimit::Refuse)); // one of them cancelled, none added
+        assert_eq!(limit.open(), 3);
+        assert!(limit.admit().await.is_none(), "three open, two allowed");
+        held.pop();
+        assert!(limit.admit().await.is_none(), "two open, two allowed");
+        held.pop();
+        assert!(limit.admit().await.is_some(), "one open, two allowed");
     }
 
     #[tokio::test(start_paused = true)]
